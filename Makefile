@@ -1,0 +1,38 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both create the virtual
+# environment on first use and are quick on a second run (the install is stamped).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+MINUTES ?= 30
+
+.PHONY: demo test lint typecheck unit bench soak proto clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Corral needs Python 3.11+"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/corral demo
+
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check corral tests benchmarks
+	$(BIN)/ruff format --check --quiet corral tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/store_bench.py
+	$(BIN)/python benchmarks/snapshot_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

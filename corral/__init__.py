@@ -1,0 +1,47 @@
+"""Corral: a distributed process coordinator.
+
+The public namespace is deliberately thin; everything here is stable API. Internals live in
+submodules and may move.
+"""
+
+from corral.core.snapshot_array import SnapshotArray
+from corral.errors import (
+    Compacted,
+    Conflict,
+    CorralError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LeaseExpired,
+    NotFound,
+    PeerError,
+    Unavailable,
+)
+from corral.model import Compare, CompareOp, CompareTarget, Delete, Event, EventKind, KeyValue, Put
+from corral.store.mvcc import MVCCStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Compacted",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
+    "Conflict",
+    "CorralError",
+    "Delete",
+    "Event",
+    "EventKind",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "KeyValue",
+    "LeaseExpired",
+    "MVCCStore",
+    "NotFound",
+    "PeerError",
+    "Put",
+    "SnapshotArray",
+    "Unavailable",
+    "__version__",
+]

@@ -1,0 +1,371 @@
+"""A durable multi-version key/value store on one SQLite file.
+
+Every committed write transaction gets the next *revision*; each of its writes is a row
+`(key, mod_revision)` holding the key's value as of that revision, so any past state can be read back
+until it is compacted. A delete is a *tombstone* row (version 0). A key's newest row at or below
+revision r is its state at r.
+
+Durability: WAL journal with `synchronous=FULL`, so a transaction is on disk (fsynced) before
+`apply` returns. One `transaction()` may hold several applies and other tables' rows (the replica's
+2PC log lives in the same file), and all of them share one fsync: the basis of group commit.
+
+Compaction at r removes history that no read at a revision >= r can see: superseded rows below r
+and tombstones below r. Rows *at* r are all kept, so changes can still be replayed from r.
+
+The store is used from one thread. It holds an exclusive lock on its file: a second process opening
+the same file gets a clear error instead of two writers corrupting each other's view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import Compacted, FailedPrecondition, Internal, InvalidArgument
+from corral.limits import DEFAULT_LIMITS, Limits
+from corral.model import (
+    Delete,
+    Event,
+    EventKind,
+    KeyValue,
+    Put,
+    Write,
+    check_value_size,
+    prefix_end,
+    validate_key,
+    validate_prefix,
+    validate_revision,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key BLOB NOT NULL,
+    mod_revision INTEGER NOT NULL,
+    create_revision INTEGER NOT NULL,
+    version INTEGER NOT NULL,          -- 0 marks a tombstone (the key was deleted at mod_revision)
+    value BLOB NOT NULL,
+    lease INTEGER NOT NULL,
+    PRIMARY KEY (key, mod_revision)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_by_revision ON kv (mod_revision);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revision', 0);
+"""
+
+_COLUMNS = "key, mod_revision, create_revision, version, value, lease"
+_Row = tuple[bytes, int, int, int, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one applied transaction did: its revision and each write's previous state."""
+
+    revision: int
+    prev: tuple[KeyValue | None, ...]
+
+
+def _kv(row: _Row) -> KeyValue:
+    key, mod_revision, create_revision, version, value, lease = row
+    return KeyValue(key.decode("utf-8"), value, create_revision, mod_revision, version, lease)
+
+
+def open_connection(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """One SQLite connection configured the Corral way (WAL, fsync on commit, exclusive).
+
+    Raises:
+        FailedPrecondition: another process holds the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        # Take the exclusive lock now, so a second opener fails here and not on its first write.
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if "locked" in str(exc):
+            raise FailedPrecondition(
+                f"store file {path} is in use by another process; stop it or use another data dir",
+                path=str(path),
+            ) from None
+        raise
+    return db
+
+
+class StoreTxn:
+    """Writes made inside `MVCCStore.transaction()`; committed together with one fsync."""
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._store = store
+        self.revision = store.revision
+        self.connection = store._db
+
+    def apply(self, writes: Sequence[Write], *, revision: int | None = None) -> Applied:
+        """Apply `writes` atomically at `revision` (default: the next one).
+
+        Revisions may skip (a replica catching up skips ones that wrote nothing) but never go back.
+
+        Raises:
+            InvalidArgument: a bad write, an oversized value, or the same key twice.
+        """
+        store = self._store
+        if revision is None:
+            revision = self.revision + 1
+        elif revision <= self.revision:
+            raise Internal(f"apply at revision {revision}, but the store is already at {self.revision}")
+        if len(writes) > store.limits.txn_ops_max:
+            raise InvalidArgument(
+                f"transaction has {len(writes)} writes; the limit is {store.limits.txn_ops_max} "
+                "(config: limits.txn_ops_max)",
+                field="writes",
+            )
+        seen: set[str] = set()
+        for w in writes:
+            if not isinstance(w, Put | Delete):
+                raise InvalidArgument(f"a write must be Put or Delete, got {type(w).__name__}")
+            if w.key in seen:
+                raise InvalidArgument(f"key {w.key!r} appears twice in one transaction", field="key")
+            seen.add(w.key)
+            if isinstance(w, Put):
+                check_value_size(w.value, store.limits)
+        db = self.connection
+        prev: list[KeyValue | None] = []
+        rows: list[_Row] = []
+        for w in writes:
+            key = w.key.encode("utf-8")
+            old = store._latest(key, self.revision)
+            prev.append(old)
+            if isinstance(w, Put):
+                if old is None:
+                    rows.append((key, revision, revision, 1, w.value, w.lease))
+                else:
+                    rows.append((key, revision, old.create_revision, old.version + 1, w.value, w.lease))
+            elif old is not None:
+                rows.append((key, revision, 0, 0, b"", 0))
+        db.executemany(f"INSERT INTO kv ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
+        self.revision = revision
+        return Applied(revision, tuple(prev))
+
+    def advance_to(self, revision: int) -> None:
+        """Move the revision forward with no writes (catch-up over revisions that changed nothing)."""
+        if revision < self.revision:
+            raise Internal(f"advance_to({revision}) below the store's revision {self.revision}")
+        self.connection.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
+        self.revision = revision
+
+
+class MVCCStore:
+    """The versioned store (see module docstring)."""
+
+    def __init__(self, path: str | Path, *, limits: Limits = DEFAULT_LIMITS, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.limits = limits
+        self._db = open_connection(self.path, synchronous=synchronous)
+        self._db.executescript(_SCHEMA)
+        self._in_txn = False
+        meta = dict(self._db.execute("SELECT name, value FROM meta"))
+        self._revision: int = meta["revision"]
+        self._compact_revision: int = meta["compact_revision"]
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last committed transaction (0 for an empty store)."""
+        return self._revision
+
+    @property
+    def compact_revision(self) -> int:
+        """Reads below this revision raise Compacted (0: nothing compacted)."""
+        return self._compact_revision
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> MVCCStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTxn]:
+        """Group applies (and rows of other tables in this file) into one durable commit."""
+        if self._in_txn:
+            raise Internal("nested store transaction")
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_txn = True
+        tx = StoreTxn(self)
+        try:
+            yield tx
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+            self._revision = tx.revision
+        finally:
+            self._in_txn = False
+
+    def txn(self, writes: Sequence[Write]) -> Applied:
+        """Apply several writes atomically at one new revision."""
+        with self.transaction() as tx:
+            return tx.apply(writes)
+
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Store `value` under `key`; return the new revision."""
+        return self.txn([Put(key, value, lease)]).revision
+
+    def delete(self, key: str) -> int:
+        """Delete `key` (a no-op write if it is missing); return the new revision."""
+        return self.txn([Delete(key)]).revision
+
+    def compact(self, revision: int) -> None:
+        """Forget history that no read at `revision` or later can see.
+
+        Raises:
+            InvalidArgument: revision in the future.
+            Compacted: revision below an earlier compaction.
+        """
+        revision = validate_revision(revision)
+        if revision > self._revision:
+            raise InvalidArgument(
+                f"cannot compact at revision {revision}; the store is at {self._revision}", field="revision"
+            )
+        if revision < self._compact_revision:
+            raise Compacted(
+                f"revision {revision} is already compacted; the oldest readable is {self._compact_revision}",
+                compact_revision=self._compact_revision,
+            )
+        with self.transaction():
+            # Superseded rows: a newer row of the same key exists at or below `revision`.
+            self._db.execute(
+                """DELETE FROM kv WHERE mod_revision < :r AND EXISTS (
+                       SELECT 1 FROM kv AS newer WHERE newer.key = kv.key
+                       AND newer.mod_revision > kv.mod_revision AND newer.mod_revision <= :r)""",
+                {"r": revision},
+            )
+            # Tombstones below `revision` that are now the oldest row of their key.
+            self._db.execute("DELETE FROM kv WHERE mod_revision < ? AND version = 0", (revision,))
+            self._db.execute("UPDATE meta SET value = ? WHERE name = 'compact_revision'", (revision,))
+        self._compact_revision = revision
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _read_revision(self, revision: int) -> int:
+        revision = validate_revision(revision)
+        if revision == 0:
+            return self._revision
+        if revision > self._revision:
+            raise InvalidArgument(
+                f"revision {revision} is in the future; the store is at {self._revision}", field="revision"
+            )
+        if revision < self._compact_revision:
+            raise Compacted(
+                f"revision {revision} was compacted; the oldest readable revision is {self._compact_revision}",
+                compact_revision=self._compact_revision,
+            )
+        return revision
+
+    def _latest(self, key: bytes, revision: int) -> KeyValue | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM kv WHERE key = ? AND mod_revision <= ? ORDER BY mod_revision DESC LIMIT 1",
+            (key, revision),
+        ).fetchone()
+        if row is None or row[3] == 0:
+            return None
+        return _kv(row)
+
+    def get(self, key: str, *, revision: int = 0) -> KeyValue | None:
+        """The key at `revision` (0: now), or None if it did not exist then.
+
+        Raises:
+            InvalidArgument: bad key, or a revision in the future.
+            Compacted: revision below the compaction point.
+        """
+        key = validate_key(key)
+        return self._latest(key.encode("utf-8"), self._read_revision(revision))
+
+    def range(self, prefix: str, *, revision: int = 0, limit: int = 0) -> list[KeyValue]:
+        """Every live key starting with `prefix` at `revision` (0: now), in key order.
+
+        Raises:
+            InvalidArgument: bad prefix or limit, or a revision in the future.
+            Compacted: revision below the compaction point.
+        """
+        prefix = validate_prefix(prefix)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidArgument(f"limit must be a non-negative int, got {limit!r}", field="limit")
+        at = self._read_revision(revision)
+        start = prefix.encode("utf-8")
+        end = prefix_end(start)
+        where = "key >= :start AND mod_revision <= :at" + (" AND key < :end" if end is not None else "")
+        # SQLite returns the other bare columns from the row holding MAX(mod_revision).
+        sql = (
+            f"SELECT {_COLUMNS} FROM (SELECT key, MAX(mod_revision) AS mod_revision, create_revision, "
+            f"version, value, lease FROM kv WHERE {where} GROUP BY key) WHERE version > 0 ORDER BY key"
+        )
+        params: dict[str, object] = {"start": start, "end": end, "at": at}
+        if limit:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        return [_kv(row) for row in self._db.execute(sql, params)]
+
+    def changes(self, start_revision: int, *, prefix: str = "", end_revision: int = 0) -> list[Event]:
+        """Every change with start_revision <= revision <= end_revision (0: now), in revision order.
+
+        Each event carries the key's previous state, which is what watches and replica catch-up need.
+
+        Raises:
+            Compacted: start_revision below the compaction point (history is gone).
+        """
+        prefix = validate_prefix(prefix)
+        start_revision = validate_revision(start_revision, name="start_revision")
+        if start_revision < self._compact_revision:
+            raise Compacted(
+                f"changes from revision {start_revision} were compacted; start at {self._compact_revision} or later",
+                compact_revision=self._compact_revision,
+            )
+        end = end_revision or self._revision
+        start_key = prefix.encode("utf-8")
+        key_end = prefix_end(start_key)
+        where = "mod_revision >= :s AND mod_revision <= :e AND key >= :k" + (
+            " AND key < :ke" if key_end is not None else ""
+        )
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM kv WHERE {where} ORDER BY mod_revision, key",
+            {"s": start_revision, "e": end, "k": start_key, "ke": key_end},
+        ).fetchall()
+        events = []
+        for row in rows:
+            prev = self._latest(row[0], row[1] - 1)
+            if row[3] == 0:
+                kv = KeyValue(row[0].decode("utf-8"), b"", 0, row[1], 0, 0)
+                events.append(Event(EventKind.DELETE, kv, prev))
+            else:
+                events.append(Event(EventKind.PUT, _kv(row), prev))
+        return events
+
+    def digest(self) -> str:
+        """A hash of the whole live key/value state at the current revision (equal on equal replicas)."""
+        h = hashlib.sha256()
+        for kv in self.range(""):
+            key = kv.key.encode("utf-8")
+            h.update(struct.pack(">I", len(key)) + key)
+            h.update(struct.pack(">I", len(kv.value)) + kv.value)
+            h.update(struct.pack(">qqqq", kv.create_revision, kv.mod_revision, kv.version, kv.lease))
+        return h.hexdigest()[:16]
