@@ -36,3 +36,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# Regenerate the gRPC/protobuf modules from corral/rpc/corral.proto (tests/test_proto.py checks them).
+proto: $(STAMP)
+	$(BIN)/python -m corral.rpc.generate

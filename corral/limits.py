@@ -48,3 +48,37 @@ def format_bytes(n: int) -> str:
     if n >= KIB:
         return f"{n / KIB:.1f} KiB"
     return f"{n} B"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Protocol timers, in milliseconds (config file section `[timeouts]`).
+
+    They trade failure-detection speed against false alarms on a loaded machine; tests shorten them.
+    """
+
+    # How long the coordinator waits for every vote before aborting. Votes cost one fsync on each
+    # replica (~0.2-2 ms); 2 s leaves room for a loaded disk without stalling clients for long.
+    prepare_timeout_ms: int = 2000
+    # How often the coordinator re-sends a COMMIT that a replica has not acknowledged.
+    commit_retry_ms: int = 300
+    # How long a replica holds a prepared transaction before asking what became of it, and how often
+    # it asks again (the coordinator first, the other replicas too: cooperative termination).
+    resolve_after_ms: int = 500
+    resolve_interval_ms: int = 500
+    # A client request's deadline when the caller gives none.
+    request_timeout_ms: int = 10_000
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+# Transaction outcomes a replica remembers (txid -> revision), so it can answer other replicas'
+# termination queries; older ones are forgotten and answered UNKNOWN.
+OUTCOMES_REMEMBERED_MAX = 100_000
+
+# Client requests whose committed outcome the coordinator remembers, so a retry is answered instead
+# of applied twice. A retry of a request older than this many newer commits is treated as new.
+CLIENT_OUTCOMES_MAX = 200_000
+
+# Messages in one Peer.Step batch: bounds the size of one RPC and of one replica fsync group.
+PEER_BATCH_MAX = 512

@@ -12,11 +12,12 @@ LAYERS = {
     "errors": 0,
     "limits": 0,
     "model": 1,
-    "core": 2,
+    "records": 1,
     "store": 2,
-    "sim": 3,
+    "core": 3,
     "rpc": 3,
     "config": 3,
+    "sim": 4,
     "services": 4,
     "client": 4,
     "recipes": 5,
@@ -45,7 +46,7 @@ CORE_STDLIB = {
     "typing",
     "types",
 }
-CORE_CORRAL = {"corral.model", "corral.errors", "corral.limits", "corral.core"}
+CORE_CORRAL = {"corral.model", "corral.records", "corral.errors", "corral.limits", "corral.core"}
 
 
 def _imports(path: Path) -> list[str]:

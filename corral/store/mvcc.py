@@ -158,6 +158,10 @@ class StoreTxn:
         self.revision = revision
         return Applied(revision, tuple(prev))
 
+    def get(self, key: str) -> KeyValue | None:
+        """The key's state as of this transaction (including its own earlier applies)."""
+        return self._store._latest(key.encode("utf-8"), self.revision)
+
     def advance_to(self, revision: int) -> None:
         """Move the revision forward with no writes (catch-up over revisions that changed nothing)."""
         if revision < self.revision:
@@ -185,6 +189,11 @@ class MVCCStore:
     def revision(self) -> int:
         """The revision of the last committed transaction (0 for an empty store)."""
         return self._revision
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The file's connection, for sibling tables in the same file (the store package only)."""
+        return self._db
 
     @property
     def compact_revision(self) -> int:

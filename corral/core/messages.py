@@ -1,0 +1,224 @@
+"""The vocabulary of the 2PC cores: transactions, peer messages, events, durable records, effects.
+
+Events are named for what happened (`Received`, `Tick`); effects for what to do (`persist`, `send`,
+`reply`). A shell performs a step's effects in order: make `persist` durable (fsync), then deliver
+`send` and `reply`. `persist_lazy` records may be written later, with any later fsync; losing them in
+a crash is harmless (the END of a transaction).
+
+Durable records live in `corral.records`: the store persists them without knowing the cores.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from corral.errors import CorralError, from_code
+from corral.model import Compare, KeyValue, Write
+from corral.records import Record, TxId
+
+NodeName = str
+
+
+# -- transactions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TxnSpec:
+    """A client transaction: if every compare holds, apply on_success, else on_failure."""
+
+    compares: tuple[Compare, ...] = ()
+    on_success: tuple[Write, ...] = ()
+    on_failure: tuple[Write, ...] = ()
+
+    def keys(self) -> frozenset[str]:
+        """Every key the transaction reads or writes: the unit of the first-wins conflict rule."""
+        return frozenset(
+            [c.key for c in self.compares] + [w.key for w in self.on_success] + [w.key for w in self.on_failure]
+        )
+
+    def compare_keys(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.key for c in self.compares))
+
+    def evaluate(self, reads: Mapping[str, KeyValue | None]) -> tuple[bool, tuple[Write, ...]]:
+        """(succeeded, writes to apply) given the current state of the compare keys."""
+        succeeded = all(c.holds(reads.get(c.key)) for c in self.compares)
+        return succeeded, self.on_success if succeeded else self.on_failure
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A typed error as data, so it can cross cores, the wire and the simulator."""
+
+    code: str
+    message: str
+    details: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, err: CorralError) -> ErrorInfo:
+        return cls(err.code, err.message, dict(err.details))
+
+    def to_error(self) -> CorralError:
+        return from_code(self.code, self.message, dict(self.details))
+
+
+# -- peer messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    txid: TxId
+    txn: TxnSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    txid: TxId
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    txid: TxId
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    txid: TxId
+    yes: bool
+    succeeded: bool = False
+    reason: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A commit is applied (or an abort done) at the sender, whose applied revision is `revision`."""
+
+    txid: TxId
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """ "What became of these transactions?" from a replica holding them prepared."""
+
+    txids: tuple[TxId, ...]
+
+
+class OutcomeKind(enum.IntEnum):
+    UNKNOWN = 0  # cannot tell (forgotten long ago); the asker must ask someone else
+    PENDING = 1  # the coordinator is still collecting votes
+    COMMITTED = 2
+    ABORTED = 3
+    UNCERTAIN = 4  # a replica that voted yes and has not heard the decision either
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    txid: TxId
+    kind: OutcomeKind
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveReply:
+    outcomes: tuple[Outcome, ...]
+
+
+Message = Prepare | Commit | Abort | Vote | Ack | ResolveRequest | ResolveReply
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    dst: NodeName
+    msg: Message
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message arrived from `src`. For a Prepare, `reads` holds the current state of its compare
+    keys (read by the shell right before the step, so the core stays free of I/O)."""
+
+    src: NodeName
+    msg: Message
+    reads: Mapping[str, KeyValue | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """The shell could not deliver these messages to `dst` (connection refused, RPC timed out)."""
+
+    dst: NodeName
+    msgs: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTxn:
+    """A client's transaction arrived at the coordinator. (client_id, seq) identify it across retries."""
+
+    request_id: int
+    client_id: str
+    seq: int
+    txn: TxnSpec
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the core checks its timers."""
+
+
+Event = Received | Unreachable | ClientTxn | Tick
+
+
+# -- effects ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    revision: int
+    succeeded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply:
+    request_id: int
+    result: TxnResult | ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    persist: tuple[Record, ...] = ()  # made durable before anything below
+    persist_lazy: tuple[Record, ...] = ()  # durable eventually; ordering-free
+    send: tuple[Envelope, ...] = ()
+    reply: tuple[ClientReply, ...] = ()
+    wake_at_ms: int | None = None  # step me again with Tick by then
+
+    def __add__(self, other: Effects) -> Effects:
+        wake = [w for w in (self.wake_at_ms, other.wake_at_ms) if w is not None]
+        return Effects(
+            self.persist + other.persist,
+            self.persist_lazy + other.persist_lazy,
+            self.send + other.send,
+            self.reply + other.reply,
+            min(wake) if wake else None,
+        )
+
+
+class EffectsBuilder:
+    """Accumulates a step's effects in order; cores use it so a step reads top to bottom."""
+
+    __slots__ = ("persist", "persist_lazy", "reply", "send")
+
+    def __init__(self) -> None:
+        self.persist: list[Record] = []
+        self.persist_lazy: list[Record] = []
+        self.send: list[Envelope] = []
+        self.reply: list[ClientReply] = []
+
+    def build(self, wake_at_ms: int | None) -> Effects:
+        return Effects(tuple(self.persist), tuple(self.persist_lazy), tuple(self.send), tuple(self.reply), wake_at_ms)

@@ -1,0 +1,146 @@
+"""Durable records of the 2PC protocol, and the start state a node folds them into.
+
+Plain data, below both the cores (which emit records) and the store (which persists them), so
+neither has to know the other. A txid packs the coordinator's epoch (incarnation, +1 at every start)
+above a counter: txids never repeat across restarts, and anyone can tell which incarnation started
+a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from corral.model import Write
+
+TxId = int
+
+_COUNTER_BITS = 40
+
+
+def make_txid(epoch: int, counter: int) -> TxId:
+    return (epoch << _COUNTER_BITS) | counter
+
+
+def txid_epoch(txid: TxId) -> int:
+    return txid >> _COUNTER_BITS
+
+
+def format_txid(txid: TxId) -> str:
+    """`e3.17`: epoch 3, seventeenth transaction of that incarnation (for logs and messages)."""
+    return f"e{txid_epoch(txid)}.{txid & ((1 << _COUNTER_BITS) - 1)}"
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """Coordinator: a new incarnation started (forced before any of its txids is used)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """Coordinator: the decision to commit txid at revision (forced before anyone hears of it)."""
+
+    txid: TxId
+    revision: int
+    client_id: str
+    seq: int
+    succeeded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndRecord:
+    """Coordinator: every replica applied txid; its commit need not be re-sent (lazy)."""
+
+    txid: TxId
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """Replica: voted yes on txid; these are the writes it will apply if committed (forced)."""
+
+    txid: TxId
+    writes: tuple[Write, ...]
+    succeeded: bool
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedRecord:
+    """Replica: apply txid's writes at revision, atomically with forgetting its PreparedRecord."""
+
+    txid: TxId
+    revision: int
+    writes: tuple[Write, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AbortedRecord:
+    """Replica: txid aborted; forget its PreparedRecord (or promise never to vote yes on it)."""
+
+    txid: TxId
+
+
+Record = EpochRecord | CommitRecord | EndRecord | PreparedRecord | CommittedRecord | AbortedRecord
+
+
+# -- start states ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorDisk:
+    """What the coordinator finds in its log at start."""
+
+    epoch: int = 0  # the last incarnation's epoch (0: never started)
+    last_revision: int = 0
+    unended: tuple[CommitRecord, ...] = ()  # committed, not every participant acknowledged
+    remembered: tuple[CommitRecord, ...] = ()  # recent commits, for answering client retries
+
+    @classmethod
+    def from_records(cls, records: Iterable[Record]) -> CoordinatorDisk:
+        """Fold a log (in write order) into the start state; used by the shell and the simulator."""
+        epoch = last_revision = 0
+        commits: dict[TxId, CommitRecord] = {}
+        ended: set[TxId] = set()
+        for rec in records:
+            if isinstance(rec, EpochRecord):
+                epoch = max(epoch, rec.epoch)
+            elif isinstance(rec, CommitRecord):
+                commits[rec.txid] = rec
+                last_revision = max(last_revision, rec.revision)
+            elif isinstance(rec, EndRecord):
+                ended.add(rec.txid)
+        ordered = sorted(commits.values(), key=lambda r: r.revision)
+        return cls(epoch, last_revision, tuple(r for r in ordered if r.txid not in ended), tuple(ordered))
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantDisk:
+    """What a replica finds on disk at start (its store and its 2PC tables)."""
+
+    applied_revision: int = 0
+    prepared: tuple[PreparedRecord, ...] = ()
+    outcomes: tuple[tuple[TxId, int | None], ...] = ()  # recent: txid -> revision (None: aborted), oldest first
+    forgotten_max_txid: TxId = 0  # every txid at or below this may have been forgotten
+
+    @classmethod
+    def from_records(cls, records: Iterable[Record], applied_revision: int = 0) -> ParticipantDisk:
+        """Fold a record log into the start state (for the simulator; the shell keeps tables)."""
+        prepared: dict[TxId, PreparedRecord] = {}
+        outcomes: dict[TxId, int | None] = {}
+        applied = applied_revision
+        for rec in records:
+            if isinstance(rec, PreparedRecord):
+                prepared[rec.txid] = rec
+            elif isinstance(rec, CommittedRecord):
+                prepared.pop(rec.txid, None)
+                outcomes[rec.txid] = rec.revision
+                applied = max(applied, rec.revision)
+            elif isinstance(rec, AbortedRecord):
+                prepared.pop(rec.txid, None)
+                outcomes[rec.txid] = None
+        return cls(applied, tuple(prepared.values()), tuple(outcomes.items()))

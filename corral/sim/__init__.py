@@ -1,0 +1,1 @@
+"""Simulation support: the deterministic cluster simulator and the checkers that judge its runs."""

@@ -1,0 +1,146 @@
+"""A replica's disk: the MVCC store and the 2PC participant's tables, in one SQLite file.
+
+One file, so that applying a commit and forgetting its PREPARED record are one SQLite transaction:
+a crash between the two cannot leave a transaction both applied and in doubt. A whole batch of
+records (many prepares and commits) is one transaction and one fsync: group commit.
+
+Tables besides the store's: `prepared` (voted yes, no decision yet) and `outcomes` (recent decisions,
+txid -> revision or NULL for aborted/refused, so peers' termination queries can be answered). Old
+outcomes are trimmed; the largest trimmed txid is kept as `forgotten_max_txid`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from corral.errors import Internal
+from corral.limits import DEFAULT_LIMITS, OUTCOMES_REMEMBERED_MAX, Limits
+from corral.model import KeyValue
+from corral.records import (
+    AbortedRecord,
+    CommittedRecord,
+    ParticipantDisk,
+    PreparedRecord,
+    Record,
+)
+from corral.store.codec import decode_keys, decode_writes, encode_keys, encode_writes
+from corral.store.mvcc import MVCCStore, StoreTxn
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prepared (
+    txid INTEGER PRIMARY KEY,
+    succeeded INTEGER NOT NULL,
+    keys BLOB NOT NULL,
+    writes BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    txid INTEGER NOT NULL UNIQUE,
+    revision INTEGER              -- NULL: aborted, or refused before any prepare arrived
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('forgotten_max_txid', 0);
+"""
+
+
+class ReplicaBatch:
+    """Records written inside `ReplicaStorage.batch()`; durable together when the batch ends."""
+
+    def __init__(self, storage: ReplicaStorage, tx: StoreTxn) -> None:
+        self._storage = storage
+        self._tx = tx
+
+    def read(self, keys: Sequence[str]) -> dict[str, KeyValue | None]:
+        """Current state of `keys`, including commits applied earlier in this batch."""
+        return {key: self._tx.get(key) for key in keys}
+
+    def write(self, records: Sequence[Record]) -> None:
+        db = self._tx.connection
+        for rec in records:
+            if isinstance(rec, PreparedRecord):
+                db.execute(
+                    "INSERT INTO prepared (txid, succeeded, keys, writes) VALUES (?, ?, ?, ?)",
+                    (rec.txid, int(rec.succeeded), encode_keys(rec.keys), encode_writes(rec.writes)),
+                )
+            elif isinstance(rec, CommittedRecord):
+                if rec.revision != self._tx.revision + 1:
+                    raise Internal(f"commit at revision {rec.revision}, but the replica is at {self._tx.revision}")
+                self._tx.apply(rec.writes, revision=rec.revision)
+                db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
+                db.execute("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, ?)", (rec.txid, rec.revision))
+            elif isinstance(rec, AbortedRecord):
+                db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
+                db.execute("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, NULL)", (rec.txid,))
+            else:
+                raise Internal(f"a replica cannot persist {type(rec).__name__}")
+            self._storage._writes_since_trim += 1
+
+
+class ReplicaStorage:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        synchronous: str = "FULL",
+        outcomes_max: int = OUTCOMES_REMEMBERED_MAX,
+    ) -> None:
+        self.store = MVCCStore(path, limits=limits, synchronous=synchronous)
+        self.store.connection.executescript(_SCHEMA)
+        self._outcomes_max = outcomes_max
+        self._writes_since_trim = 0
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def revision(self) -> int:
+        return self.store.revision
+
+    def load(self) -> ParticipantDisk:
+        """The participant's start state: applied revision, prepared transactions, recent outcomes."""
+        db = self.store.connection
+        prepared = tuple(
+            PreparedRecord(txid, decode_writes(writes), bool(succeeded), decode_keys(keys))
+            for txid, succeeded, keys, writes in db.execute(
+                "SELECT txid, succeeded, keys, writes FROM prepared ORDER BY txid"
+            )
+        )
+        outcomes = tuple(
+            (int(txid), None if revision is None else int(revision))
+            for txid, revision in db.execute(
+                "SELECT txid, revision FROM outcomes ORDER BY seq DESC LIMIT ?", (self._outcomes_max,)
+            )
+        )[::-1]
+        (forgotten,) = db.execute("SELECT value FROM meta WHERE name = 'forgotten_max_txid'").fetchone()
+        return ParticipantDisk(self.store.revision, prepared, outcomes, int(forgotten))
+
+    @contextmanager
+    def batch(self) -> Iterator[ReplicaBatch]:
+        """One durable group of records: everything written inside is fsynced once, at the end."""
+        with self.store.transaction() as tx:
+            yield ReplicaBatch(self, tx)
+            if self._writes_since_trim >= self._outcomes_max // 10 + 1:
+                self._trim(tx)
+
+    def _trim(self, tx: StoreTxn) -> None:
+        """Forget the oldest outcomes beyond the bound, remembering the largest forgotten txid."""
+        db = tx.connection
+        self._writes_since_trim = 0
+        row = db.execute("SELECT max(seq) FROM outcomes").fetchone()
+        if row[0] is None:
+            return
+        cutoff = int(row[0]) - self._outcomes_max
+        if cutoff <= 0:
+            return
+        (oldest_max,) = db.execute("SELECT max(txid) FROM outcomes WHERE seq <= ?", (cutoff,)).fetchone()
+        if oldest_max is None:
+            return
+        db.execute(
+            "UPDATE meta SET value = max(value, ?) WHERE name = 'forgotten_max_txid'",
+            (int(oldest_max),),
+        )
+        db.execute("DELETE FROM outcomes WHERE seq <= ?", (cutoff,))
