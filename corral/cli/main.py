@@ -8,11 +8,14 @@ Every failure ends as one readable line on stderr and a non-zero exit status:
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from rich.console import Console
 
+from corral.cli import cluster, kv
 from corral.errors import CorralError, Internal, InvalidArgument, NotFound
 
 EXIT_OK = 0
@@ -38,14 +41,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one readable line (and exit 2), not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"corral: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="corral",
         description="Corral: replicated key/value store, coordination recipes and durable jobs.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--cluster", help="path to corral.toml, its folder, or a coordinator host:port")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a request gives up (default 10)")
+    # The same two options after the command too (`corral get k --cluster X`); SUPPRESS keeps a
+    # subcommand from overwriting a value given before it.
+    common = _Parser(add_help=False)
+    common.add_argument("--cluster", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
     demo = sub.add_parser("demo", help="a short tour of what Corral can do")
     demo.set_defaults(handler=_cmd_demo)
+    cluster.add_commands(sub)
+    kv.add_commands(sub)
     return parser
 
 

@@ -14,8 +14,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from corral.errors import CorralError, from_code
-from corral.model import Compare, KeyValue, Write
+from corral.errors import CorralError, InvalidArgument, from_code
+from corral.limits import Limits
+from corral.model import Compare, KeyValue, Put, Write, check_value_size
 from corral.records import Record, TxId
 
 NodeName = str
@@ -40,6 +41,28 @@ class TxnSpec:
 
     def compare_keys(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c.key for c in self.compares))
+
+    def validate(self, limits: Limits) -> None:
+        """Everything the store would refuse at apply time, refused before prepare instead: a decided
+        commit must never fail to apply.
+
+        Raises:
+            InvalidArgument: too many operations, a key twice in one branch, or an oversized value.
+        """
+        ops = len(self.compares) + max(len(self.on_success), len(self.on_failure))
+        if ops > limits.txn_ops_max:
+            raise InvalidArgument(
+                f"transaction has {ops} operations; the limit is {limits.txn_ops_max} (config: limits.txn_ops_max)",
+                field="txn",
+            )
+        for branch in (self.on_success, self.on_failure):
+            seen: set[str] = set()
+            for w in branch:
+                if w.key in seen:
+                    raise InvalidArgument(f"key {w.key!r} is written twice in one branch of a transaction", field="key")
+                seen.add(w.key)
+                if isinstance(w, Put):
+                    check_value_size(w.value, limits)
 
     def evaluate(self, reads: Mapping[str, KeyValue | None]) -> tuple[bool, tuple[Write, ...]]:
         """(succeeded, writes to apply) given the current state of the compare keys."""

@@ -20,8 +20,9 @@ Rules:
   shell's job), which is what makes reads of committed writes linearizable.
 - Compares are evaluated at prepare time on the state the shell read for them. That state is final:
   any key with an undecided or unapplied write is locked, and locked keys make the vote a no.
-- A prepared transaction with no decision after `resolve_after_ms` is asked about, to the coordinator
-  and every peer, then again every `resolve_interval_ms`.
+- A prepared transaction with no decision after `resolve_after_ms` is asked about, to the coordinator,
+  then again every `resolve_interval_ms`; the peers are asked too once the coordinator has left a
+  question unanswered (cooperative termination is for a coordinator that is down, not slow).
 - A peer that never saw a transaction newer than everything it forgot refuses it durably and answers
   ABORTED; for older ones it answers UNKNOWN (it might have applied and forgotten it).
 
@@ -56,8 +57,8 @@ from corral.core.messages import (
     Unreachable,
     Vote,
 )
-from corral.errors import Conflict, Internal
-from corral.limits import DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Timeouts
+from corral.errors import Conflict, Internal, InvalidArgument
+from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Limits, Timeouts
 from corral.model import KeyValue, Write
 from corral.records import AbortedRecord, CommittedRecord, ParticipantDisk, PreparedRecord, TxId, format_txid
 
@@ -70,6 +71,7 @@ class _Prepared:
     keys: frozenset[str]
     prepared_at_ms: int
     asked_at_ms: int | None = None
+    coordinator_answered_ms: int | None = None
     decided_revision: int | None = None
 
 
@@ -85,6 +87,7 @@ class Participant:
         *,
         now_ms: int = 0,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
         outcomes_max: int = OUTCOMES_REMEMBERED_MAX,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -92,6 +95,7 @@ class Participant:
         self.coordinator = coordinator
         self.peers = tuple(p for p in peers if p != node)
         self.timeouts = timeouts
+        self.limits = limits
         self.log = logger or logging.getLogger(__name__)
         self.applied_revision = disk.applied_revision
         self._prepared: dict[TxId, _Prepared] = {}
@@ -174,6 +178,8 @@ class Participant:
                 p = self._prepared.get(o.txid)
                 if p is None or p.decided_revision is not None:
                     continue
+                if src == self.coordinator:
+                    p.coordinator_answered_ms = now_ms
                 if o.kind is OutcomeKind.COMMITTED:
                     self.log.info("replica=%s txid=%s learned commit from %s", self.node, format_txid(o.txid), src)
                     self._on_decision(out, o.txid, o.revision)
@@ -202,6 +208,11 @@ class Participant:
                 f"key {busy[0]!r} is locked on {self.node} by transaction {format_txid(self._locks[busy[0]])}; retry",
                 key=busy[0],
             )
+            out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
+            return
+        try:
+            msg.txn.validate(self.limits)
+        except InvalidArgument as err:
             out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
             return
         missing = [k for k in msg.txn.compare_keys() if k not in reads]
@@ -283,14 +294,23 @@ class Participant:
         return Outcome(txid, OutcomeKind.ABORTED)
 
     def _on_tick(self, out: EffectsBuilder, now_ms: int) -> None:
-        due = [p.txid for p in self._prepared.values() if p.decided_revision is None and now_ms >= self._ask_time(p)]
+        due = [p for p in self._prepared.values() if p.decided_revision is None and now_ms >= self._ask_time(p)]
         if not due:
             return
-        for txid in due:
-            self._prepared[txid].asked_at_ms = now_ms
-        query = ResolveRequest(tuple(sorted(due)))
-        for dst in (self.coordinator, *self.peers):
-            out.send.append(Envelope(dst, query))
+        # Peers are asked only once the coordinator failed to answer our previous question: while it
+        # answers (even PENDING), a slow replica's prepare must not be refused by its peers.
+        silent = [
+            p.txid
+            for p in due
+            if p.asked_at_ms is not None
+            and (p.coordinator_answered_ms is None or p.coordinator_answered_ms < p.asked_at_ms)
+        ]
+        for p in due:
+            p.asked_at_ms = now_ms
+        out.send.append(Envelope(self.coordinator, ResolveRequest(tuple(sorted(p.txid for p in due)))))
+        if silent:
+            query = ResolveRequest(tuple(sorted(silent)))
+            out.send.extend(Envelope(peer, query) for peer in self.peers)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -640,6 +640,31 @@ class StatusRequest(_message.Message):
 Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
 
 @_typing.final
+class Member(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    role: _builtins.str
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "name", b"name", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
 class StatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -651,6 +676,8 @@ class StatusResponse(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     PREPARED_FIELD_NUMBER: _builtins.int
     UPTIME_S_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    LOCKED_KEYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     """coordinator | replica"""
@@ -664,6 +691,12 @@ class StatusResponse(_message.Message):
     prepared: _builtins.int
     """transactions in flight (coordinator) or prepared (replica)"""
     uptime_s: _builtins.float
+    locked_keys: _builtins.int
+    """replica: keys locked by prepared transactions"""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """the cluster as this node knows it (the coordinator: every node)"""
+
     def __init__(
         self,
         *,
@@ -675,10 +708,12 @@ class StatusResponse(_message.Message):
         epoch: _builtins.int = ...,
         prepared: _builtins.int = ...,
         uptime_s: _builtins.float = ...,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        locked_keys: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "epoch", b"epoch", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "epoch", b"epoch", "locked_keys", b"locked_keys", "members", b"members", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

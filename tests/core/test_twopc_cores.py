@@ -227,18 +227,34 @@ def test_presumed_abort_after_coordinator_restart() -> None:
 
 
 def test_participant_recovers_in_doubt_and_asks_everyone() -> None:
-    """Participant recovery: PREPARED without outcome -> locks re-taken, coordinator and peers asked."""
+    """Participant recovery: PREPARED without outcome -> locks re-taken; the coordinator is asked, and
+    once it leaves a question unanswered, the peers too (cooperative termination)."""
     rec = PreparedRecord(42, (Put("k", b"v"),), True, frozenset({"k"}))
     p = Participant("r1", "c", NODES, ParticipantDisk(prepared=(rec,)), now_ms=0, timeouts=T)
     assert p.is_locked("k")
     assert p.step(Tick(), 1).send == ()
     eff = p.step(Tick(), T.resolve_after_ms)
+    assert [(e.dst, e.msg) for e in eff.send] == [("c", ResolveRequest((42,)))]
+    eff = p.step(Tick(), T.resolve_after_ms + T.resolve_interval_ms)  # the coordinator never answered
     assert sorted(e.dst for e in eff.send) == ["c", "r2", "r3"]
     assert all(e.msg == ResolveRequest((42,)) for e in eff.send)
     # A peer that committed it tells us; we apply at that revision.
-    eff = p.step(Received("r2", ResolveReply((_outcome(42, OutcomeKind.COMMITTED, 1),))), 40)
+    eff = p.step(Received("r2", ResolveReply((_outcome(42, OutcomeKind.COMMITTED, 1),))), 70)
     assert eff.persist == (CommittedRecord(42, 1, (Put("k", b"v"),)),)
     assert not p.is_locked("k") and p.applied_revision == 1
+
+
+def test_a_coordinator_that_answers_keeps_peers_out() -> None:
+    """A slow prepare elsewhere must not be refused by peers while the coordinator answers PENDING
+    (found by an integration test: peers refusing a delayed prepare aborted healthy writes)."""
+    p = Participant("r1", "c", NODES, ParticipantDisk(), timeouts=T)
+    p.step(Received("c", Prepare(7, put("k", b"v")), {}), 0)
+    now = 0
+    for _ in range(5):
+        now += T.resolve_interval_ms
+        eff = p.step(Tick(), now)
+        assert [e.dst for e in eff.send] == ["c"]
+        p.step(Received("c", ResolveReply((_outcome(7, OutcomeKind.PENDING),))), now + 1)
 
 
 def test_uncertain_peers_do_not_decide() -> None:

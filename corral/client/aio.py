@@ -1,0 +1,326 @@
+"""The asyncio client: writes to the coordinator, reads from a random replica, typed errors.
+
+Safe retries (DESIGN.md "Client retries"): every write carries this client's id and a fresh sequence
+number; when an attempt fails in transport (connection lost, coordinator restarting) the same
+(client_id, seq) is sent again until the deadline, and the coordinator answers a retry of a committed
+write from its memory instead of applying it twice. `Unavailable(outcome_unknown=True)` is raised only
+when the deadline passes after an attempt that may have reached the coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from corral.config import ClusterConfig, find_config
+from corral.core.messages import TxnSpec
+from corral.errors import InvalidArgument, Unavailable
+from corral.limits import DEFAULT_LIMITS, Limits
+from corral.model import Compare, Delete, KeyValue, Put, Write, validate_key, validate_prefix
+from corral.rpc import corral_pb2 as pb
+from corral.rpc import corral_pb2_grpc as pb_grpc
+from corral.rpc.convert import error_from_pb, kv_from_pb, raise_if_error, txn_to_pb
+
+DEFAULT_TIMEOUT_S = 10.0
+# Backoff between attempts after a transport failure: grows to the cap, with full jitter.
+RETRY_BACKOFF_BASE_S = 0.02
+RETRY_BACKOFF_CAP_S = 0.5
+_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResponse:
+    """A committed transaction: its revision, and whether its compares held (on_success ran)."""
+
+    succeeded: bool
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    name: str
+    role: str
+    address: str
+    up: bool
+    revision: int = 0
+    digest: str = ""
+    pid: int = 0
+    epoch: int = 0
+    prepared: int = 0
+    locked_keys: int = 0
+    uptime_s: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    coordinator: str
+    replicas: tuple[str, ...]
+    nodes: tuple[tuple[str, str, str], ...]  # (name, role, address)
+    limits: Limits = DEFAULT_LIMITS
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> Endpoints:
+        return cls(
+            config.coordinator.address,
+            tuple(r.address for r in config.replicas),
+            tuple((n.name, n.role, n.address) for n in config.nodes.values()),
+            config.limits,
+        )
+
+
+def _value(value: bytes | str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgument(f"value must be bytes or str, got {type(value).__name__}", field="value")
+
+
+def _is_transport(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() in _TRANSPORT_CODES
+
+
+def _never_sent(err: grpc.aio.AioRpcError) -> bool:
+    """True when the request certainly did not reach the server (no connection was ever made)."""
+    details = (err.details() or "").lower()
+    return err.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details or "connection refused" in details
+    )
+
+
+class AsyncClient:
+    """See the module docstring. Create with `corral.connect_async(...)`."""
+
+    def __init__(self, endpoints: Endpoints, *, timeout: float = DEFAULT_TIMEOUT_S, client_id: str | None = None):
+        self.endpoints = endpoints
+        self.timeout = timeout
+        self.client_id = client_id or uuid.uuid4().hex
+        self._seq = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._rng = random.Random()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(grace=None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _deadline(self, timeout: float | None) -> float:
+        t = self.timeout if timeout is None else timeout
+        if isinstance(t, bool) or not isinstance(t, int | float) or t <= 0:
+            raise InvalidArgument(f"timeout must be a positive number of seconds, got {t!r}", field="timeout")
+        return time.monotonic() + t
+
+    def _backoff(self, attempt: int) -> float:
+        return self._rng.uniform(0, min(RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_BASE_S * 2**attempt))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def txn(
+        self,
+        compares: Sequence[Compare] = (),
+        on_success: Sequence[Write] = (),
+        on_failure: Sequence[Write] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResponse:
+        """Atomically: if every compare holds, apply on_success, else on_failure.
+
+        Raises:
+            InvalidArgument: a malformed transaction (nothing is written).
+            Conflict: another in-flight transaction touches one of its keys and arrived first.
+            Unavailable: not applied (a replica is down), or no answer before the deadline
+                (`outcome_unknown` tells which).
+        """
+        spec = TxnSpec(tuple(compares), tuple(on_success), tuple(on_failure))
+        for item in (*spec.compares, *spec.on_success, *spec.on_failure):
+            if not isinstance(item, Compare | Put | Delete):
+                raise InvalidArgument(f"transaction items must be Compare, Put or Delete, got {type(item).__name__}")
+        spec.validate(self.endpoints.limits)
+        deadline = self._deadline(timeout)
+        self._seq += 1
+        request = pb.TxnRequest(client_id=self.client_id, seq=self._seq, txn=txn_to_pb(spec))
+        maybe_sent = False
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(
+                    "the coordinator did not answer before the deadline"
+                    + ("; the write may or may not have been applied" if maybe_sent else "; nothing was applied"),
+                    outcome_unknown=maybe_sent,
+                )
+            stub = pb_grpc.ClientStub(self._channel(self.endpoints.coordinator))
+            try:
+                response = await stub.Txn(request, timeout=remaining)
+            except grpc.aio.AioRpcError as err:
+                if not _is_transport(err):
+                    raise Unavailable(f"coordinator RPC failed: {err.code().name}: {err.details()}") from None
+                maybe_sent = maybe_sent or not _never_sent(err)
+                await asyncio.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            if response.error.code:
+                err_info = error_from_pb(response.error)
+                if err_info.code == Unavailable.code and err_info.details.get("outcome_unknown"):
+                    maybe_sent = True  # the coordinator itself timed out: ask again with the same seq
+                    continue
+                raise err_info.to_error()
+            return TxnResponse(response.succeeded, response.revision)
+
+    async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
+        """Store `value` under `key`; return the revision of the write."""
+        return (await self.txn(on_success=[Put(key, _value(value), lease)], timeout=timeout)).revision
+
+    async def delete(self, key: str, *, timeout: float | None = None) -> int:
+        """Delete `key` (a no-op write if it is missing); return the revision of the write."""
+        return (await self.txn(on_success=[Delete(key)], timeout=timeout)).revision
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def _read(self, request: pb.RangeRequest, timeout: float | None) -> pb.RangeResponse:
+        deadline = self._deadline(timeout)
+        attempt = 0
+        last = "no replica answered"
+        while True:
+            replicas = list(self.endpoints.replicas)
+            self._rng.shuffle(replicas)
+            for address in replicas:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(f"no replica answered the read before the deadline ({last})")
+                try:
+                    response = await pb_grpc.ClientStub(self._channel(address)).Range(request, timeout=remaining)
+                except grpc.aio.AioRpcError as err:
+                    if not _is_transport(err):
+                        raise Unavailable(f"replica {address} failed: {err.code().name}: {err.details()}") from None
+                    last = f"{address}: {err.code().name}"
+                    continue
+                raise_if_error(response.error)
+                return response
+            await asyncio.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
+            attempt += 1
+
+    async def get(
+        self, key: str, *, revision: int = 0, serializable: bool = False, timeout: float | None = None
+    ) -> KeyValue | None:
+        """The key's current value (or at `revision`), or None if it does not exist.
+
+        Raises:
+            Unavailable: the key is in doubt (a prepared transaction's outcome is not known) past
+                the deadline, or no replica answered.
+            Compacted: `revision` is older than the oldest kept.
+        """
+        validate_key(key)
+        response = await self._read(pb.RangeRequest(key=key, revision=revision, serializable=serializable), timeout)
+        return kv_from_pb(response.kvs[0]) if response.kvs else None
+
+    async def range(
+        self,
+        prefix: str,
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        serializable: bool = False,
+        timeout: float | None = None,
+    ) -> list[KeyValue]:
+        """Every key starting with `prefix`, in key order (at most `limit`, 0 for the server's cap)."""
+        validate_prefix(prefix)
+        request = pb.RangeRequest(key=prefix, prefix=True, revision=revision, limit=limit, serializable=serializable)
+        response = await self._read(request, timeout)
+        return [kv_from_pb(kv) for kv in response.kvs]
+
+    # -- administration --------------------------------------------------------------------------
+
+    async def status(self, *, timeout: float = 2.0) -> list[NodeStatus]:
+        """Every node's status; a node that does not answer within `timeout` is reported down."""
+
+        async def one(name: str, role: str, address: str) -> NodeStatus:
+            try:
+                s = await pb_grpc.AdminStub(self._channel(address)).Status(pb.StatusRequest(), timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                return NodeStatus(name, role, address, False, error=err.code().name)
+            return NodeStatus(
+                name, role, address, True, s.revision, s.digest, s.pid, s.epoch, s.prepared, s.locked_keys, s.uptime_s
+            )
+
+        return list(await asyncio.gather(*(one(*n) for n in self.endpoints.nodes)))
+
+    async def set_failpoint(self, node: str, name: str, action: str, *, timeout: float = 5.0) -> None:
+        """Arm (or with action "off", clear) a failpoint on one node (testing only)."""
+        address = dict((n, a) for n, _, a in self.endpoints.nodes).get(node)
+        if address is None:
+            known = ", ".join(n for n, _, _ in self.endpoints.nodes)
+            raise InvalidArgument(f"no node named {node!r}; nodes are {known}", field="node")
+        response = await pb_grpc.AdminStub(self._channel(address)).SetFailpoint(
+            pb.FailpointRequest(name=name, action=action), timeout=timeout
+        )
+        raise_if_error(response.error)
+
+
+async def discover(address: str, *, timeout: float = 5.0) -> Endpoints:
+    """Endpoints of the cluster whose coordinator listens at `address` (asks it for the members)."""
+    async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        try:
+            status = await pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable(f"cannot reach a coordinator at {address}: {err.code().name}") from None
+    members = tuple((m.name, m.role, m.address) for m in status.members)
+    replicas = tuple(a for _, role, a in members if role == "replica")
+    if status.role != "coordinator" or not replicas:
+        raise InvalidArgument(f"{address} is a {status.role or 'unknown node'}, not a coordinator; give its address")
+    return Endpoints(address, replicas, members)
+
+
+def resolve_endpoints_from_path(cluster: str | Path | None) -> Endpoints | None:
+    """Endpoints from a config path (or the default lookup); None if `cluster` is an address."""
+    if cluster is not None:
+        text = str(cluster)
+        looks_like_address = ":" in text and not Path(text).exists() and not text.endswith(".toml")
+        if looks_like_address:
+            return None
+    return Endpoints.from_config(ClusterConfig.load(find_config(cluster)))
+
+
+async def connect_async(
+    cluster: str | Path | None = None, *, timeout: float = DEFAULT_TIMEOUT_S, client_id: str | None = None
+) -> AsyncClient:
+    """An async client for the cluster: a path to corral.toml (or its folder), a coordinator address
+    `host:port`, or None for the CLI's lookup (`$CORRAL_CLUSTER`, then ./corral-data/corral.toml).
+
+    Raises:
+        NotFound: no config file where one was expected.
+        Unavailable: a coordinator address that does not answer.
+    """
+    endpoints = resolve_endpoints_from_path(cluster)
+    if endpoints is None:
+        endpoints = await discover(str(cluster), timeout=timeout)
+    return AsyncClient(endpoints, timeout=timeout, client_id=client_id)

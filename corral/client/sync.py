@@ -1,0 +1,118 @@
+"""The blocking client: the async client driven on a private event loop in a background thread.
+
+One implementation of the protocol logic (retries, deadlines, replica choice) serves both APIs; the
+cost is a thread hop per call (tens of microseconds), small next to a network round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from corral.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, NodeStatus, TxnResponse, connect_async
+from corral.model import Compare, KeyValue, Write
+
+_T = TypeVar("_T")
+
+
+class Client:
+    """Blocking Corral client. Create with `corral.connect(...)`; close it (or use `with`)."""
+
+    def __init__(
+        self, cluster: str | Path | None = None, *, timeout: float = DEFAULT_TIMEOUT_S, client_id: str | None = None
+    ):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="corral-client", daemon=True)
+        self._thread.start()
+        try:
+            self._aio: AsyncClient = self._run(connect_async(cluster, timeout=timeout, client_id=client_id))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def client_id(self) -> str:
+        return self._aio.client_id
+
+    @property
+    def aio(self) -> AsyncClient:
+        """The underlying async client (for use on this client's own loop only)."""
+        return self._aio
+
+    def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
+        """Store `value` under `key`; return the revision of the write. See AsyncClient.txn for errors."""
+        return self._run(self._aio.put(key, value, lease=lease, timeout=timeout))
+
+    def delete(self, key: str, *, timeout: float | None = None) -> int:
+        """Delete `key`; return the revision of the write."""
+        return self._run(self._aio.delete(key, timeout=timeout))
+
+    def get(
+        self, key: str, *, revision: int = 0, serializable: bool = False, timeout: float | None = None
+    ) -> KeyValue | None:
+        """The key's value now (or at `revision`), or None. See AsyncClient.get for errors."""
+        return self._run(self._aio.get(key, revision=revision, serializable=serializable, timeout=timeout))
+
+    def range(
+        self,
+        prefix: str,
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        serializable: bool = False,
+        timeout: float | None = None,
+    ) -> list[KeyValue]:
+        """Every key starting with `prefix`, in key order."""
+        return self._run(
+            self._aio.range(prefix, revision=revision, limit=limit, serializable=serializable, timeout=timeout)
+        )
+
+    def txn(
+        self,
+        compares: Sequence[Compare] = (),
+        on_success: Sequence[Write] = (),
+        on_failure: Sequence[Write] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResponse:
+        """Atomically: if every compare holds, apply on_success, else on_failure."""
+        return self._run(self._aio.txn(compares, on_success, on_failure, timeout=timeout))
+
+    def status(self, *, timeout: float = 2.0) -> list[NodeStatus]:
+        """Every node's status (down nodes included, marked down)."""
+        return self._run(self._aio.status(timeout=timeout))
+
+    def set_failpoint(self, node: str, name: str, action: str) -> None:
+        """Arm or clear a failpoint on a node (testing only)."""
+        self._run(self._aio.set_failpoint(node, name, action))
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._aio.close())
+        self._stop_loop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    cluster: str | Path | None = None, *, timeout: float = DEFAULT_TIMEOUT_S, client_id: str | None = None
+) -> Client:
+    """A blocking client: `cluster` is a path to corral.toml (or its folder), a coordinator address
+    `host:port`, or None for the default lookup ($CORRAL_CLUSTER, then ./corral-data/corral.toml)."""
+    return Client(cluster, timeout=timeout, client_id=client_id)

@@ -1,0 +1,169 @@
+"""Converters between protobuf messages and Corral's model/core dataclasses.
+
+Decoding validates: a malformed or hostile message becomes `InvalidArgument` (from the model's
+constructors), never a half-built object. Errors cross the wire as `Error(code, message, details)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from corral.core.messages import (
+    Abort,
+    Ack,
+    Commit,
+    ErrorInfo,
+    Message,
+    Outcome,
+    OutcomeKind,
+    Prepare,
+    ResolveReply,
+    ResolveRequest,
+    TxnSpec,
+    Vote,
+)
+from corral.errors import CorralError, InvalidArgument
+from corral.model import Compare, CompareTarget, Delete, KeyValue, Put, Write
+from corral.rpc import corral_pb2 as pb
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def kv_to_pb(kv: KeyValue) -> pb.KeyValue:
+    return pb.KeyValue(
+        key=kv.key,
+        value=kv.value,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        lease=kv.lease,
+    )
+
+
+def kv_from_pb(m: pb.KeyValue) -> KeyValue:
+    return KeyValue(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
+
+
+def write_to_pb(w: Write) -> pb.Write:
+    if isinstance(w, Put):
+        return pb.Write(put=pb.PutOp(key=w.key, value=w.value, lease=w.lease))
+    return pb.Write(delete=pb.DeleteOp(key=w.key))
+
+
+def write_from_pb(m: pb.Write) -> Write:
+    which = m.WhichOneof("op")
+    if which == "put":
+        return Put(m.put.key, m.put.value, m.put.lease)
+    if which == "delete":
+        return Delete(m.delete.key)
+    raise InvalidArgument("a write must be a put or a delete; this one is empty")
+
+
+def compare_to_pb(c: Compare) -> pb.Compare:
+    if c.target is CompareTarget.VALUE:
+        assert isinstance(c.operand, bytes)
+        return pb.Compare(key=c.key, target=c.target.value, op=c.op.value, value=c.operand)
+    assert isinstance(c.operand, int)
+    return pb.Compare(key=c.key, target=c.target.value, op=c.op.value, number=c.operand)
+
+
+def compare_from_pb(m: pb.Compare) -> Compare:
+    operand: bytes | int = m.value if m.WhichOneof("operand") == "value" else m.number
+    if m.target == CompareTarget.VALUE.value and m.WhichOneof("operand") != "value":
+        operand = b""
+    return Compare(m.key, m.target, m.op, operand)  # type: ignore[arg-type]  # validated by Compare
+
+
+def txn_to_pb(t: TxnSpec) -> pb.Txn:
+    return pb.Txn(
+        compares=[compare_to_pb(c) for c in t.compares],
+        on_success=[write_to_pb(w) for w in t.on_success],
+        on_failure=[write_to_pb(w) for w in t.on_failure],
+    )
+
+
+def txn_from_pb(m: pb.Txn) -> TxnSpec:
+    return TxnSpec(
+        tuple(compare_from_pb(c) for c in m.compares),
+        tuple(write_from_pb(w) for w in m.on_success),
+        tuple(write_from_pb(w) for w in m.on_failure),
+    )
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def error_to_pb(err: CorralError | ErrorInfo) -> pb.Error:
+    info = err if isinstance(err, ErrorInfo) else ErrorInfo.of(err)
+    return pb.Error(code=info.code, message=info.message, details_json=json.dumps(dict(info.details), default=str))
+
+
+def error_from_pb(m: pb.Error) -> ErrorInfo:
+    details: dict[str, Any] = {}
+    if m.details_json:
+        try:
+            loaded = json.loads(m.details_json)
+            if isinstance(loaded, dict):
+                details = loaded
+        except ValueError:
+            details = {"raw": m.details_json}
+    return ErrorInfo(m.code, m.message, details)
+
+
+def raise_if_error(m: pb.Error) -> None:
+    """Raise the typed error a response carries, if any."""
+    if m.code:
+        raise error_from_pb(m).to_error()
+
+
+# -- peer messages -----------------------------------------------------------------------------
+
+
+def message_to_pb(msg: Message) -> pb.PeerMessage:
+    if isinstance(msg, Prepare):
+        return pb.PeerMessage(prepare=pb.Prepare(txid=msg.txid, txn=txn_to_pb(msg.txn)))
+    if isinstance(msg, Commit):
+        return pb.PeerMessage(commit=pb.Commit(txid=msg.txid, revision=msg.revision))
+    if isinstance(msg, Abort):
+        return pb.PeerMessage(abort=pb.Abort(txid=msg.txid))
+    if isinstance(msg, Vote):
+        vote = pb.Vote(txid=msg.txid, yes=msg.yes, succeeded=msg.succeeded)
+        if msg.reason is not None:
+            vote.reason.CopyFrom(error_to_pb(msg.reason))
+        return pb.PeerMessage(vote=vote)
+    if isinstance(msg, Ack):
+        return pb.PeerMessage(ack=pb.Ack(txid=msg.txid, revision=msg.revision))
+    if isinstance(msg, ResolveRequest):
+        return pb.PeerMessage(resolve_request=pb.ResolveRequest(txids=list(msg.txids)))
+    outcomes = [pb.Outcome(txid=o.txid, kind=int(o.kind), revision=o.revision) for o in msg.outcomes]  # type: ignore[arg-type]
+    return pb.PeerMessage(resolve_reply=pb.ResolveReply(outcomes=outcomes))
+
+
+def message_from_pb(m: pb.PeerMessage) -> Message:
+    which = m.WhichOneof("msg")
+    if which == "prepare":
+        return Prepare(m.prepare.txid, txn_from_pb(m.prepare.txn))
+    if which == "commit":
+        return Commit(m.commit.txid, m.commit.revision)
+    if which == "abort":
+        return Abort(m.abort.txid)
+    if which == "vote":
+        reason = error_from_pb(m.vote.reason) if m.vote.HasField("reason") else None
+        return Vote(m.vote.txid, m.vote.yes, m.vote.succeeded, reason)
+    if which == "ack":
+        return Ack(m.ack.txid, m.ack.revision)
+    if which == "resolve_request":
+        return ResolveRequest(tuple(m.resolve_request.txids))
+    if which == "resolve_reply":
+        return ResolveReply(tuple(Outcome(o.txid, OutcomeKind(o.kind), o.revision) for o in m.resolve_reply.outcomes))
+    raise InvalidArgument("empty peer message")
+
+
+def batch_to_pb(src: str, msgs: Iterable[Message]) -> pb.Batch:
+    return pb.Batch(src=src, messages=[message_to_pb(m) for m in msgs])
+
+
+def batch_from_pb(m: pb.Batch) -> list[Message]:
+    return [message_from_pb(x) for x in m.messages]

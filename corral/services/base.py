@@ -1,0 +1,87 @@
+"""What every node service shares: the clock, the timer that ticks its core, fail-stop, deadlines.
+
+Fail-stop: a core raising `Internal` has found a bug or a broken invariant; continuing could give two
+answers for one transaction. The process exits at once (status 70) and recovers from its log when
+restarted, which is the path every crash already takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from corral.errors import Internal
+
+EXIT_INTERNAL = 70
+# Longest sleep of the ticker: bounds how late a timer fires if a wake-up was missed.
+TICK_MAX_S = 0.05
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+# A server gives up this much before the caller's deadline, so its reason (say, "key in doubt")
+# reaches the caller instead of a bare DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_S = 0.05
+
+
+def deadline_s(context: Context, default_ms: int) -> float:
+    """Seconds this server may spend: the caller's deadline less a margin (the default without one)."""
+    remaining: float | None = context.time_remaining()  # None without a deadline (stubs say float)
+    if remaining is None:
+        return default_ms / 1000
+    return max(0.0, float(remaining) - min(DEADLINE_MARGIN_S, float(remaining) / 10))
+
+
+def fail_stop(node: str, err: BaseException) -> None:
+    log.critical("node=%s stopping after an internal error: %s", node, err, exc_info=err)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_INTERNAL)
+
+
+class Ticker:
+    """Calls `tick()` when the core's wake time comes (and at least every TICK_MAX_S)."""
+
+    def __init__(self, node: str, tick: Callable[[], None]) -> None:
+        self.node = node
+        self._tick = tick
+        self.wake_at_ms: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"ticker-{self.node}")
+
+    def wake_at(self, when_ms: int | None) -> None:
+        """The core's next timer, as returned by its latest step (a core reports its global minimum)."""
+        self.wake_at_ms = when_ms
+
+    async def _run(self) -> None:
+        while True:
+            wait_ms = TICK_MAX_S * 1000 if self.wake_at_ms is None else self.wake_at_ms - now_ms()
+            await asyncio.sleep(max(0.0, min(wait_ms / 1000, TICK_MAX_S)))
+            if self.wake_at_ms is not None and now_ms() >= self.wake_at_ms:
+                self.wake_at_ms = None
+                try:
+                    self._tick()
+                except Internal as err:
+                    fail_stop(self.node, err)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

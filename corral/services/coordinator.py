@@ -1,0 +1,200 @@
+"""The coordinator process: drives the 2PC coordinator core over gRPC.
+
+The loop for every input (a client request, a batch of votes/acks, a resolve query, a timer):
+step the core, write the step's records to the decision log (one fsync for the whole batch), then
+send and answer. Votes for many transactions arrive in one batch from each replica, so many commit
+decisions share one fsync: group commit without a separate batching stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+
+import grpc
+
+from corral.config import ClusterConfig, NodeConfig
+from corral.core.messages import (
+    Ack,
+    ClientTxn,
+    Effects,
+    ErrorInfo,
+    Event,
+    Message,
+    Received,
+    Tick,
+    TxnResult,
+    Unreachable,
+    Vote,
+)
+from corral.core.twopc_coordinator import Coordinator
+from corral.errors import CorralError, FailedPrecondition, Internal, Unavailable
+from corral.records import CommitRecord
+from corral.rpc import corral_pb2 as pb
+from corral.rpc import corral_pb2_grpc as pb_grpc
+from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, txn_from_pb
+from corral.services.base import Context, Ticker, deadline_s, fail_stop, now_ms
+from corral.services.failpoints import Failpoints
+from corral.services.links import PeerLinks
+from corral.store.decision_log import DecisionLog
+
+log = logging.getLogger(__name__)
+
+# Pending END marks are flushed when this many accumulate or the coordinator is idle for a tick.
+END_FLUSH_BATCH = 1000
+
+
+class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
+    def __init__(self, config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> None:
+        self.config = config
+        self.node = node
+        self.faults = faults
+        self.started_at = time.monotonic()
+        self.decisions = DecisionLog(node.data_dir / "decisions.db")
+        self.core = Coordinator(
+            node.name,
+            [r.name for r in config.replicas],
+            self.decisions.load(),
+            timeouts=config.timeouts,
+            logger=logging.getLogger("corral.core.coordinator"),
+        )
+        self.links = PeerLinks(
+            node.name,
+            {n.name: n.address for n in config.nodes.values() if n.name != node.name},
+            on_messages=self._on_peer_messages,
+            on_unreachable=self._on_unreachable,
+            faults=faults,
+            rpc_timeout_s=config.timeouts.prepare_timeout_ms / 1000,
+        )
+        self.ticker = Ticker(node.name, self._on_tick)
+        self._waiters: dict[int, asyncio.Future[TxnResult | ErrorInfo]] = {}
+        self._ids = itertools.count(1)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._perform([self.core.start(now_ms())])
+        self.ticker.start()
+
+    async def close(self) -> None:
+        await self.ticker.stop()
+        await self.links.close()
+        self.decisions.close()
+
+    # -- the loop body -------------------------------------------------------------------------
+
+    def _step(self, events: list[Event], capture: str | None = None) -> list[Message]:
+        try:
+            now = now_ms()
+            return self._perform([self.core.step(ev, now) for ev in events], capture)
+        except Internal as err:
+            fail_stop(self.node.name, err)
+            raise
+
+    def _perform(self, effects: list[Effects], capture: str | None = None) -> list[Message]:
+        """Persist (one fsync), then send and answer. Messages for `capture` are returned instead of
+        sent: they are the response to the RPC being served."""
+        forced = [r for e in effects for r in e.persist]
+        lazy = [r for e in effects for r in e.persist_lazy]
+        self.decisions.write(forced, lazy)
+        if any(isinstance(r, CommitRecord) for r in forced):
+            self.faults.hit("coordinator.after_commit_log")
+        if self.decisions.pending_ends >= END_FLUSH_BATCH:
+            self.decisions.flush()
+        captured: list[Message] = []
+        for eff in effects:
+            for env in eff.send:
+                if env.dst == capture:
+                    captured.append(env.msg)
+                else:
+                    self.links.send(env.dst, env.msg)
+            for reply in eff.reply:
+                fut = self._waiters.get(reply.request_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply.result)
+        if effects:
+            self.ticker.wake_at(effects[-1].wake_at_ms)
+        return captured
+
+    def _on_peer_messages(self, src: str, msgs: list[Message]) -> None:
+        if any(isinstance(m, Vote) for m in msgs):
+            self.faults.hit("coordinator.on_vote")
+        self._step([Received(src, m) for m in msgs])
+        if any(isinstance(m, Ack) for m in msgs):
+            self.faults.hit(f"coordinator.commit_acked.{src}")
+
+    def _on_unreachable(self, dst: str, msgs: list[Message]) -> None:
+        self._step([Unreachable(dst, tuple(msgs))])
+
+    def _on_tick(self) -> None:
+        self._step([Tick()])
+        if self.decisions.pending_ends and not self.core.in_flight:
+            self.decisions.flush()
+
+    # -- Client service ----------------------------------------------------------------------
+
+    async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
+        try:
+            txn = txn_from_pb(request.txn)
+            txn.validate(self.config.limits)
+        except CorralError as err:
+            return pb.TxnResponse(error=error_to_pb(err))
+        timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
+        rid = next(self._ids)
+        fut: asyncio.Future[TxnResult | ErrorInfo] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        # A request without a client id cannot be retried safely; give it a one-off identity.
+        client_id = request.client_id or f"anonymous-{self.core.epoch}-{rid}"
+        try:
+            self._step([ClientTxn(rid, client_id, request.seq, txn, now_ms() + int(timeout_s * 1000))])
+            result = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            unknown = Unavailable(
+                "no decision before the deadline; the write may or may not have been applied "
+                "(retry with the same client id and sequence to find out)",
+                outcome_unknown=True,
+            )
+            return pb.TxnResponse(error=error_to_pb(unknown))
+        finally:
+            self._waiters.pop(rid, None)
+        if isinstance(result, ErrorInfo):
+            return pb.TxnResponse(error=error_to_pb(result))
+        return pb.TxnResponse(revision=result.revision, succeeded=result.succeeded)
+
+    async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
+        wrong = FailedPrecondition("reads are served by replicas, not the coordinator; connect with the cluster config")
+        return pb.RangeResponse(error=error_to_pb(wrong))
+
+    # -- Peer service ---------------------------------------------------------------------------
+
+    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
+        try:
+            msgs = batch_from_pb(request)
+        except CorralError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
+        captured = self._step([Received(request.src, m) for m in msgs], capture=request.src)
+        return batch_to_pb(self.node.name, captured)
+
+    # -- Admin service ---------------------------------------------------------------------------
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        return pb.StatusResponse(
+            name=self.node.name,
+            role="coordinator",
+            revision=self.core.last_revision,
+            pid=os.getpid(),
+            epoch=self.core.epoch,
+            prepared=self.core.in_flight,
+            uptime_s=time.monotonic() - self.started_at,
+            members=[pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()],
+        )
+
+    async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
+        try:
+            self.faults.set(request.name, request.action)
+        except CorralError as err:
+            return pb.FailpointResponse(error=error_to_pb(err))
+        return pb.FailpointResponse()

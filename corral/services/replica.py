@@ -1,0 +1,218 @@
+"""The replica process: a 2PC participant over its durable store, serving reads.
+
+A batch of protocol messages is processed in one storage batch: for each message, read what a
+PREPARE's compares need (seeing commits applied earlier in the batch), step the core, write its
+records; the batch then commits with one fsync, and only then do votes and acks go out.
+
+Reads (linearizable by default) wait while a key they cover is locked by a prepared transaction,
+up to the caller's deadline, then fail with `Unavailable`: a replica never answers with a value that
+a decided-but-unapplied commit would contradict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+
+from corral.config import COORDINATOR, ClusterConfig, NodeConfig
+from corral.core.messages import Abort, Commit, Envelope, Event, Message, Prepare, Received, Tick
+from corral.core.twopc_participant import Participant
+from corral.errors import CorralError, Internal, InvalidArgument, Unavailable
+from corral.model import validate_key, validate_prefix, validate_revision
+from corral.records import CommittedRecord, PreparedRecord
+from corral.rpc import corral_pb2 as pb
+from corral.rpc import corral_pb2_grpc as pb_grpc
+from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, kv_to_pb
+from corral.services.base import Context, Ticker, deadline_s, fail_stop, now_ms
+from corral.services.failpoints import Failpoints
+from corral.services.links import PeerLinks
+from corral.store.replica_log import ReplicaStorage
+
+log = logging.getLogger(__name__)
+
+_STEP_FAILPOINT = {Prepare: "replica.on_prepare", Commit: "replica.on_commit", Abort: "replica.on_abort"}
+
+
+class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
+    def __init__(self, config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> None:
+        self.config = config
+        self.node = node
+        self.faults = faults
+        self.started_at = time.monotonic()
+        self.storage = ReplicaStorage(node.data_dir / "replica.db", limits=config.limits)
+        self.core = Participant(
+            node.name,
+            COORDINATOR,
+            [r.name for r in config.replicas],
+            self.storage.load(),
+            now_ms=now_ms(),
+            timeouts=config.timeouts,
+            limits=config.limits,
+            logger=logging.getLogger("corral.core.participant"),
+        )
+        self.links = PeerLinks(
+            node.name,
+            {n.name: n.address for n in config.nodes.values() if n.name != node.name},
+            on_messages=self._on_replies,
+            on_unreachable=lambda dst, msgs: None,  # queries are repeated by the core's timer
+            faults=faults,
+            rpc_timeout_s=config.timeouts.resolve_interval_ms / 1000,
+        )
+        self.ticker = Ticker(node.name, self._on_tick)
+        self._changed = asyncio.Event()  # set (and replaced) after every batch: wakes waiting reads
+
+    async def start(self) -> None:
+        self.ticker.start()
+        self.ticker.wake_at(now_ms())  # ask about anything recovered in doubt
+        log.info("replica=%s revision=%d in_doubt=%d", self.node.name, self.storage.revision, len(self.core.in_doubt()))
+
+    async def close(self) -> None:
+        await self.ticker.stop()
+        await self.links.close()
+        self.storage.close()
+
+    # -- the loop body -------------------------------------------------------------------------
+
+    def _process(self, src: str | None, events: list[Event], capture: str | None = None) -> list[Message]:
+        """Step every event inside one storage batch (one fsync); then send. Returns the messages
+        addressed to `capture` (the response of the RPC being served)."""
+        sends: list[Envelope] = []
+        wake = None
+        persisted_prepare = persisted_commit = False
+        try:
+            with self.storage.batch() as batch:
+                for event in events:
+                    ev = event
+                    if isinstance(ev, Received):
+                        name = _STEP_FAILPOINT.get(type(ev.msg))
+                        if name:
+                            self.faults.hit(name)
+                        if isinstance(ev.msg, Prepare):
+                            ev = Received(ev.src, ev.msg, batch.read(ev.msg.txn.compare_keys()))
+                    eff = self.core.step(ev, now_ms())
+                    batch.write(eff.persist)
+                    persisted_prepare |= any(isinstance(r, PreparedRecord) for r in eff.persist)
+                    persisted_commit |= any(isinstance(r, CommittedRecord) for r in eff.persist)
+                    sends.extend(eff.send)
+                    wake = eff.wake_at_ms
+        except Internal as err:
+            fail_stop(self.node.name, err)
+            raise
+        if persisted_prepare:
+            self.faults.hit("replica.after_prepare_log")
+        if persisted_commit:
+            self.faults.hit("replica.after_commit_apply")
+        self.ticker.wake_at(wake)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        captured = []
+        for env in sends:
+            if env.dst == capture:
+                captured.append(env.msg)
+            else:
+                self.links.send(env.dst, env.msg)
+        return captured
+
+    def _on_tick(self) -> None:
+        self._process(None, [Tick()])
+
+    def _on_replies(self, src: str, msgs: list[Message]) -> None:
+        self._process(src, [Received(src, m) for m in msgs])
+
+    # -- Peer service ---------------------------------------------------------------------------
+
+    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
+        action = self.faults.hit(f"replica.recv.{request.src}", "replica.recv")
+        if action is not None and action.kind in ("drop", "error"):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"failpoint replica.recv: {action.kind}")
+        if action is not None and action.kind == "delay":
+            await asyncio.sleep(action.arg_ms / 1000)
+        try:
+            msgs = batch_from_pb(request)
+        except CorralError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
+        captured = self._process(request.src, [Received(request.src, m) for m in msgs], capture=request.src)
+        return batch_to_pb(self.node.name, captured)
+
+    # -- Client service (reads) ------------------------------------------------------------------
+
+    async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
+        err = InvalidArgument(f"{self.node.name} is a replica; writes go to the coordinator")
+        return pb.TxnResponse(error=error_to_pb(err))
+
+    async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
+        try:
+            return await self._range(request, context)
+        except CorralError as err:
+            return pb.RangeResponse(error=error_to_pb(err))
+
+    async def _range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
+        action = self.faults.hit("replica.read")
+        if action is not None and action.kind in ("drop", "error"):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"failpoint replica.read: {action.kind}")
+        if request.prefix:
+            prefix = validate_prefix(request.key)
+            locked: Callable[[], bool] = lambda: self.core.any_locked_with_prefix(prefix)  # noqa: E731
+            what = f"a key under {prefix!r}"
+        else:
+            key = validate_key(request.key)
+            locked = lambda: self.core.is_locked(key)  # noqa: E731
+            what = f"key {key!r}"
+        revision = validate_revision(request.revision)
+        if request.limit < 0:
+            raise InvalidArgument(f"limit is {request.limit}; use 0 (no limit) or a positive number", field="limit")
+        limit = min(request.limit or self.config.limits.range_limit_max, self.config.limits.range_limit_max)
+        if not request.serializable:
+            await self._wait_unlocked(locked, what, deadline_s(context, self.config.timeouts.request_timeout_ms))
+        store = self.storage.store
+        if request.prefix:
+            kvs = store.range(request.key, revision=revision, limit=limit + 1)
+            more = len(kvs) > limit
+            kvs = kvs[:limit]
+        else:
+            kv = store.get(request.key, revision=revision)
+            kvs, more = ([kv] if kv else []), False
+        return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in kvs], revision=revision or store.revision, more=more)
+
+    async def _wait_unlocked(self, locked: Callable[[], bool], what: str, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while locked():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Unavailable(
+                    f"{what} is in doubt on {self.node.name}: a transaction touching it is prepared and its "
+                    "outcome is not known yet (is the coordinator down?); retry later",
+                    replica=self.node.name,
+                )
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    # -- Admin service ---------------------------------------------------------------------------
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        return pb.StatusResponse(
+            name=self.node.name,
+            role="replica",
+            revision=self.storage.revision,
+            digest=self.storage.store.digest(),
+            pid=os.getpid(),
+            prepared=self.core.prepared_count,
+            uptime_s=time.monotonic() - self.started_at,
+            members=[pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()],
+            locked_keys=len(self.core.locked_keys()),
+        )
+
+    async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
+        try:
+            self.faults.set(request.name, request.action)
+        except CorralError as err:
+            return pb.FailpointResponse(error=error_to_pb(err))
+        return pb.FailpointResponse()
