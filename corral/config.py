@@ -86,6 +86,8 @@ class ClusterConfig:
             raise NotFound(f"no cluster config at {path}; run `corral init` or `corral up` first") from None
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgument(f"{path} is not valid TOML: {exc}") from None
+        timeouts = _dataclass_from(Timeouts, raw.get("timeouts", {}), path, "timeouts")
+        limits = _dataclass_from(Limits, raw.get("limits", {}), path, "limits")
         nodes: dict[str, NodeConfig] = {}
         for name, spec in raw.get("nodes", {}).items():
             nodes[name] = _node(path, name, spec)
@@ -97,8 +99,8 @@ class ClusterConfig:
             path,
             str(raw.get("cluster", {}).get("name", "corral")),
             nodes,
-            _dataclass_from(Timeouts, raw.get("timeouts", {}), path, "timeouts"),
-            _dataclass_from(Limits, raw.get("limits", {}), path, "limits"),
+            timeouts,
+            limits,
         )
 
     def dumps(self) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from corral.cli import render
 from corral.client.aio import NodeStatus
 from corral.client.sync import Client
 from corral.config import CONFIG_NAME, DEFAULT_DIR, ClusterConfig, find_config, init_cluster
@@ -89,7 +90,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    console = Console()
+    console = render.console()
     directory = Path(args.dir or DEFAULT_DIR)
     path = directory / CONFIG_NAME
     config = ClusterConfig.load(path) if path.exists() else init_cluster(directory, replicas=args.replicas)
@@ -148,14 +149,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))
     else:
-        _print_status(Console(), config, statuses)
+        _print_status(render.console(), config, statuses)
     return 0 if all(s.up for s in statuses) else 1
 
 
 def _print_status(console: Console, config: ClusterConfig, statuses: list[NodeStatus]) -> None:
     table = Table(title=f"corral cluster {config.name!r} ({config.path})")
     for col in ("node", "role", "address", "state", "revision", "digest", "in flight", "pid"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in statuses:
         state = "[green]up[/]" if s.up else f"[red]down[/] ({s.error})"
         flight = str(s.prepared) + (f" ({s.locked_keys} keys locked)" if s.locked_keys else "")

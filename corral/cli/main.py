@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from rich.console import Console
-
-from corral.cli import cluster, kv
+from corral.cli import cluster, kv, render
 from corral.errors import CorralError, Internal, InvalidArgument, NotFound
 
 EXIT_OK = 0
@@ -37,7 +35,7 @@ def exit_status(err: CorralError) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from corral.cli.demo import run_demo
 
-    run_demo(Console())
+    run_demo(render.console())
     return EXIT_OK
 
 

@@ -227,7 +227,11 @@ class Participant:
         p = self._prepared.get(txid)
         if revision is None:
             if p is None:
-                self._remember(txid, None)  # so a late PREPARE is refused
+                # Remember it so a late PREPARE is refused, unless this replica committed it (or may have,
+                # and forgot): then the ABORT is stale, the coordinator's answer to a late duplicate vote
+                # after it ENDed and forgot the commit, and must not overwrite what happened here.
+                if txid not in self._outcomes and txid > self._forgotten_max:
+                    self._remember(txid, None)
                 return
             if p.decided_revision is not None:
                 raise Internal(f"abort of {format_txid(txid)}, already committed at {p.decided_revision}")

@@ -1,0 +1,56 @@
+"""`corral up | status | down` and the key/value commands, run as a user would, as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def corral(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_up_status_kv_down(tmp_path: Path) -> None:
+    try:
+        up = corral("up", "--dir", "corral-data", cwd=tmp_path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "cluster is up" in up.stdout and (tmp_path / "corral-data" / "corral.toml").exists()
+        again = corral("up", cwd=tmp_path)  # idempotent: every node is already running
+        assert again.returncode == 0 and "nothing (all running)" not in again.stderr
+
+        # The default lookup (./corral-data/corral.toml) finds the cluster from its parent folder.
+        assert corral("put", "greeting", "hello", cwd=tmp_path).stdout.strip() == "1"
+        assert corral("put", "greeting", "hello world", cwd=tmp_path).stdout.strip() == "2"
+        assert corral("get", "greeting", cwd=tmp_path).stdout == "hello world\n"
+        assert corral("get", "greeting", "--rev", "1", cwd=tmp_path).stdout == "hello\n"
+        txn = corral("txn", "--if", 'greeting value == "hello world"', "--then", "put greeting bye", cwd=tmp_path)
+        assert txn.stdout.strip() == "succeeded revision 3"
+        assert corral("del", "greeting", cwd=tmp_path).stdout.strip() == "4"
+        assert corral("range", "", cwd=tmp_path).stdout == ""
+
+        # $CORRAL_CLUSTER wins over the default lookup.
+        env = {"CORRAL_CLUSTER": str(tmp_path / "corral-data" / "corral.toml")}
+        status = corral("status", "--json", cwd=Path("/"), env=env)
+        assert status.returncode == 0, status.stderr
+        nodes = json.loads(status.stdout)
+        assert [n["name"] for n in nodes] == ["coordinator", "replica-1", "replica-2", "replica-3"]
+        assert all(n["up"] for n in nodes)
+        replicas = [n for n in nodes if n["role"] == "replica"]
+        assert {(n["revision"], n["digest"]) for n in replicas} == {(4, replicas[0]["digest"])}
+        table = corral("status", "--dir", "corral-data", cwd=tmp_path)
+        assert "replica-2" in table.stdout and "up" in table.stdout
+    finally:
+        down = corral("down", "--dir", "corral-data", cwd=tmp_path)
+    assert down.returncode == 0 and "is down" in down.stdout
+    status = corral("status", "--dir", "corral-data", cwd=tmp_path)
+    assert status.returncode == 1 and "down" in status.stdout
