@@ -68,11 +68,21 @@ class PeerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerAsyncStub: ...
     Step: _grpc.UnaryUnaryMultiCallable[_corral_pb2.Batch, _corral_pb2.Batch]
+    """One batch, one answer (tools and tests)."""
+    Stream: _grpc.StreamStreamMultiCallable[_corral_pb2.Batch, _corral_pb2.Batch]
+    """The link between two nodes: batches in order, each answered in order, many in flight. Batches
+    are processed in arrival order; an answer is sent once what its batch persisted is on disk.
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Step: _aio.UnaryUnaryMultiCallable[_corral_pb2.Batch, _corral_pb2.Batch]  # type: ignore[assignment]
+    """One batch, one answer (tools and tests)."""
+    Stream: _aio.StreamStreamMultiCallable[_corral_pb2.Batch, _corral_pb2.Batch]  # type: ignore[assignment]
+    """The link between two nodes: batches in order, each answered in order, many in flight. Batches
+    are processed in arrival order; an answer is sent once what its batch persisted is on disk.
+    """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -80,7 +90,18 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _corral_pb2.Batch,
         context: _ServicerContext,
-    ) -> _typing.Union[_corral_pb2.Batch, _abc.Awaitable[_corral_pb2.Batch]]: ...
+    ) -> _typing.Union[_corral_pb2.Batch, _abc.Awaitable[_corral_pb2.Batch]]:
+        """One batch, one answer (tools and tests)."""
+
+    @_abc_1.abstractmethod
+    def Stream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_corral_pb2.Batch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.Batch], _abc.AsyncIterator[_corral_pb2.Batch]]:
+        """The link between two nodes: batches in order, each answered in order, many in flight. Batches
+        are processed in arrival order; an answer is sent once what its batch persisted is on disk.
+        """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from corral.errors import Internal
+from corral.store.durability import WalSync
 
 EXIT_INTERNAL = 70
 # Longest sleep of the ticker: bounds how late a timer fires if a wake-up was missed.
@@ -85,3 +87,43 @@ class Ticker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class Releaser:
+    """Carries out effect groups in the order the core produced them, each once its records are durable.
+
+    A group that persisted nothing still waits for the groups before it: a PREPARE must not overtake
+    the COMMIT the core emitted earlier on the same link. Many groups usually share one fsync.
+    """
+
+    def __init__(self, node: str, wal: WalSync) -> None:
+        self.node = node
+        self.wal = wal
+        self._queue: deque[tuple[int, Callable[[], None]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def release(self, ticket: int, action: Callable[[], None]) -> None:
+        """Run `action` once commit `ticket` (0: none) is durable and every earlier group has run."""
+        if not self._queue and ticket <= self.wal.durable:
+            action()
+            return
+        self._queue.append((ticket, action))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"release-{self.node}")
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        while self._queue:
+            ticket, action = self._queue[0]
+            try:
+                await self.wal.wait_durable(ticket)
+            except OSError as err:
+                fail_stop(self.node, err)
+            self._queue.popleft()
+            try:
+                action()
+            except Internal as err:
+                fail_stop(self.node, err)

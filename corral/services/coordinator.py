@@ -1,9 +1,10 @@
 """The coordinator process: drives the 2PC coordinator core over gRPC.
 
 The loop for every input (a client request, a batch of votes/acks, a resolve query, a timer):
-step the core, write the step's records to the decision log (one fsync for the whole batch), then
-send and answer. Votes for many transactions arrive in one batch from each replica, so many commit
-decisions share one fsync: group commit without a separate batching stage.
+step the core, commit the step's records to the decision log (no fsync yet), then hand the sends and
+answers to the releaser, which carries them out in order once a grouped WAL fsync has made the records
+durable. Votes for many transactions arrive in one batch from each replica, and commits made while
+an fsync runs share the next one: group commit without a separate batching stage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -36,10 +38,11 @@ from corral.records import CommitRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, txn_from_pb
-from corral.services.base import Context, Ticker, deadline_s, fail_stop, now_ms
+from corral.services.base import Context, Releaser, Ticker, deadline_s, fail_stop, now_ms
 from corral.services.failpoints import Failpoints
-from corral.services.links import PeerLinks
+from corral.services.links import PeerLinks, answer_stream
 from corral.store.decision_log import DecisionLog
+from corral.store.durability import WalSync
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,9 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
         self.node = node
         self.faults = faults
         self.started_at = time.monotonic()
-        self.decisions = DecisionLog(node.data_dir / "decisions.db")
+        self.decisions = DecisionLog(node.data_dir / "decisions.db", synchronous="NORMAL")
+        self.wal = WalSync(node.data_dir / "decisions.db")
+        self.releaser = Releaser(node.name, self.wal)
         self.core = Coordinator(
             node.name,
             [r.name for r in config.replicas],
@@ -76,7 +81,7 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._perform([self.core.start(now_ms())])
+        await self._perform([self.core.start(now_ms())])  # the new epoch is durable before we serve
         self.ticker.start()
 
     async def close(self) -> None:
@@ -86,38 +91,47 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
 
     # -- the loop body -------------------------------------------------------------------------
 
-    def _step(self, events: list[Event], capture: str | None = None) -> list[Message]:
+    def _step(self, events: list[Event], capture: str | None = None) -> asyncio.Future[list[Message]]:
         try:
             now = now_ms()
-            return self._perform([self.core.step(ev, now) for ev in events], capture)
+            effects = [self.core.step(ev, now) for ev in events]
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
+        return self._perform(effects, capture)
 
-    def _perform(self, effects: list[Effects], capture: str | None = None) -> list[Message]:
-        """Persist (one fsync), then send and answer. Messages for `capture` are returned instead of
-        sent: they are the response to the RPC being served."""
+    def _perform(self, effects: list[Effects], capture: str | None = None) -> asyncio.Future[list[Message]]:
+        """Commit the records now; send and answer once they are durable. Messages for `capture` are
+        the answer to the batch being served: they resolve the returned future instead of being sent."""
         forced = [r for e in effects for r in e.persist]
         lazy = [r for e in effects for r in e.persist_lazy]
         self.decisions.write(forced, lazy)
-        if any(isinstance(r, CommitRecord) for r in forced):
-            self.faults.hit("coordinator.after_commit_log")
+        ticket = self.wal.note_commit() if forced else 0
         if self.decisions.pending_ends >= END_FLUSH_BATCH:
             self.decisions.flush()
-        captured: list[Message] = []
-        for eff in effects:
-            for env in eff.send:
-                if env.dst == capture:
-                    captured.append(env.msg)
-                else:
-                    self.links.send(env.dst, env.msg)
-            for reply in eff.reply:
-                fut = self._waiters.get(reply.request_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(reply.result)
         if effects:
             self.ticker.wake_at(effects[-1].wake_at_ms)
-        return captured
+        answer: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        decided = any(isinstance(r, CommitRecord) for r in forced)
+
+        def act() -> None:
+            if decided:
+                self.faults.hit("coordinator.after_commit_log")
+            captured: list[Message] = []
+            for eff in effects:
+                for env in eff.send:
+                    if env.dst == capture:
+                        captured.append(env.msg)
+                    else:
+                        self.links.send(env.dst, env.msg)
+                for reply in eff.reply:
+                    fut = self._waiters.get(reply.request_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply.result)
+            answer.set_result(captured)
+
+        self.releaser.release(ticket, act)
+        return answer
 
     def _on_peer_messages(self, src: str, msgs: list[Message]) -> None:
         if any(isinstance(m, Vote) for m in msgs):
@@ -170,13 +184,19 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
 
     # -- Peer service ---------------------------------------------------------------------------
 
+    async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        return self._step([Received(batch.src, m) for m in batch_from_pb(batch)], capture=batch.src)
+
     async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
         try:
-            msgs = batch_from_pb(request)
+            answer = await self._inbound(request)
         except CorralError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
-        captured = self._step([Received(request.src, m) for m in msgs], capture=request.src)
-        return batch_to_pb(self.node.name, captured)
+        return batch_to_pb(self.node.name, await answer)
+
+    async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
+        async for answer in answer_stream(request_iterator, self._inbound, self.node.name, context):
+            yield answer
 
     # -- Admin service ---------------------------------------------------------------------------
 

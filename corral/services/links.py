@@ -1,26 +1,32 @@
-"""Peer links: one FIFO link per destination, sending queued messages as `Peer.Step` batches.
+"""Peer links: one ordered stream per destination, many batches in flight.
 
-At most one batch is in flight per destination; everything queued meanwhile rides in the next batch.
-That gives FIFO order per link (a COMMIT reaches a replica before a later PREPARE touching the same
-key) and natural group commit (the receiver fsyncs once per batch). Replies to a batch come back in
-its response and are handed to `on_messages`; a batch that cannot be delivered goes to
-`on_unreachable`, and the link backs off before the next attempt so a dead peer is not hammered.
+Messages queued for a peer go out as `Batch`es on one `Peer.Stream` call. The receiver processes
+batches in arrival order and answers each, in order, once what it persisted is durable; answers are
+matched to batches by position. So a link is FIFO (a COMMIT reaches a replica before a later PREPARE
+on the same key), several batches can be in flight while the receiver fsyncs, and whatever is queued
+while the window is full rides in the next, larger batch (group commit).
+
+A broken or stalled stream (no answer within `rpc_timeout_s`) is cancelled: every message of the
+unanswered batches goes to `on_unreachable` (the core decides what that means: abort, or retry
+later), and the link opens a new stream after a short backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
 from corral.core.messages import Abort, Commit, Message, Prepare
+from corral.errors import CorralError, Unavailable
 from corral.limits import PEER_BATCH_MAX
+from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, batch_to_pb
+from corral.services.base import Context
 from corral.services.failpoints import Failpoints
 
 log = logging.getLogger(__name__)
@@ -33,10 +39,17 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 )
-# After a failed batch, wait this long before the next one to the same peer.
+# After a broken stream, wait this long before opening the next one to the same peer.
 FAILURE_BACKOFF_S = 0.05
+# Unanswered batches per link: bounds the memory held for a slow peer; beyond it, messages queue
+# and leave as one larger batch when an answer frees a slot.
+IN_FLIGHT_MAX = 32
 
 OnMessages = Callable[[str, list[Message]], None]
+
+
+class _Stalled(Exception):
+    """The peer left a batch unanswered for longer than the link's timeout."""
 
 
 def _kind(msg: Message) -> str:
@@ -47,46 +60,78 @@ class Link:
     def __init__(self, owner: PeerLinks, dst: str, address: str) -> None:
         self.owner = owner
         self.dst = dst
-        self.address = address
         self.queue: deque[Message] = deque()
-        self.wakeup = asyncio.Event()
+        self.poke = asyncio.Event()
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.PeerStub(self.channel)
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{dst}")
 
-    def _filter(self, msgs: list[Message]) -> list[Message]:
-        """Apply `<node>.send_<kind>[.<dst>]` failpoints: drop messages or crash before sending."""
+    def _take(self) -> list[Message]:
+        """The next batch, after `<role>.send_<kind>[.<dst>]` failpoints dropped what they drop."""
         faults = self.owner.faults
+        role = faults.node_role
         kept = []
-        for msg in msgs:
+        for _ in range(min(len(self.queue), PEER_BATCH_MAX)):
+            msg = self.queue.popleft()
             kind = _kind(msg)
-            action = faults.hit(f"{faults.node_role}.send_{kind}.{self.dst}", f"{faults.node_role}.send_{kind}")
-            if action is not None and action.kind == "drop":
-                continue
-            kept.append(msg)
+            action = faults.hit(f"{role}.send_{kind}.{self.dst}", f"{role}.send_{kind}")
+            if action is None or action.kind != "drop":
+                kept.append(msg)
         return kept
 
     async def _run(self) -> None:
-        owner = self.owner
         while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            while self.queue:
-                n = min(len(self.queue), PEER_BATCH_MAX)
-                msgs = self._filter([self.queue.popleft() for _ in range(n)])
-                if not msgs:
+            while not self.queue:
+                self.poke.clear()
+                await self.poke.wait()
+            in_flight: deque[tuple[float, list[Message]]] = deque()
+            try:
+                await self._session(in_flight)
+            except (grpc.aio.AioRpcError, _Stalled, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                detail = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                log.debug("node=%s link=%s stream ended: %s", self.owner.me, self.dst, detail)
+            failed = [m for _, msgs in in_flight for m in msgs]
+            if failed:
+                self.owner.on_unreachable(self.dst, failed)
+            await asyncio.sleep(FAILURE_BACKOFF_S)
+
+    async def _session(self, in_flight: deque[tuple[float, list[Message]]]) -> None:
+        loop = asyncio.get_running_loop()
+        call = self.stub.Stream()  # type: ignore[call-arg]  # aio: write requests on the call
+        reader = loop.create_task(self._read(call, in_flight), name=f"link-read-{self.dst}")
+        timeout = self.owner.rpc_timeout_s
+        try:
+            while not reader.done():
+                if self.queue and len(in_flight) < IN_FLIGHT_MAX:
+                    msgs = self._take()
+                    if msgs:
+                        in_flight.append((loop.time(), msgs))
+                        await call.write(batch_to_pb(self.owner.me, msgs))
                     continue
+                if in_flight and loop.time() - in_flight[0][0] > timeout:
+                    raise _Stalled
+                self.poke.clear()
                 try:
-                    reply = await self.stub.Step(batch_to_pb(owner.me, msgs), timeout=owner.rpc_timeout_s)
-                except (TimeoutError, grpc.aio.AioRpcError) as exc:
-                    detail = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "timeout"
-                    log.debug("node=%s link=%s batch of %d failed: %s", owner.me, self.dst, len(msgs), detail)
-                    owner.on_unreachable(self.dst, msgs)
-                    await asyncio.sleep(FAILURE_BACKOFF_S)
-                    continue
-                replies = batch_from_pb(reply)
-                if replies:
-                    owner.on_messages(self.dst, replies)
+                    await asyncio.wait_for(self.poke.wait(), timeout if in_flight else None)
+                except TimeoutError:
+                    pass
+            reader.result()  # the stream ended: raise its error, if any
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read(
+        self, call: grpc.aio.StreamStreamCall[pb.Batch, pb.Batch], in_flight: deque[tuple[float, list[Message]]]
+    ) -> None:
+        try:
+            async for reply in call:
+                in_flight.popleft()
+                msgs = batch_from_pb(reply)
+                if msgs:
+                    self.owner.on_messages(self.dst, msgs)
+                self.poke.set()
+        finally:
+            self.poke.set()
 
 
 class PeerLinks:
@@ -115,7 +160,7 @@ class PeerLinks:
         if link is None:
             link = self._links[dst] = Link(self, dst, self.addresses[dst])
         link.queue.append(msg)
-        link.wakeup.set()
+        link.poke.set()
 
     def queued(self) -> int:
         return sum(len(link.queue) for link in self._links.values())
@@ -124,6 +169,42 @@ class PeerLinks:
         for link in self._links.values():
             link.task.cancel()
         for link in self._links.values():
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await link.task
+            except asyncio.CancelledError:
+                pass
             await link.channel.close(grace=None)
+
+
+# Steps a batch at once (after any awaits of its own) and returns the future of its answer.
+Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
+
+
+async def answer_stream(
+    requests: AsyncIterator[pb.Batch], inbound: Inbound, me: str, context: Context
+) -> AsyncIterator[pb.Batch]:
+    """The body of a `Peer.Stream` handler: hand each batch to `inbound` as soon as it arrives (it
+    steps the core at once and returns an awaitable of the answer), and send the answers in order."""
+    answers: asyncio.Queue[asyncio.Future[list[Message]] | None] = asyncio.Queue()
+    failure: list[CorralError] = []
+
+    async def pump() -> None:
+        try:
+            async for batch in requests:
+                answers.put_nowait(await inbound(batch))
+        except CorralError as err:
+            failure.append(err)
+        finally:
+            answers.put_nowait(None)
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        while (answer := await answers.get()) is not None:
+            yield batch_to_pb(me, await answer)
+        if failure:
+            code = (
+                grpc.StatusCode.UNAVAILABLE if isinstance(failure[0], Unavailable) else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await context.abort(code, failure[0].message)
+    finally:
+        task.cancel()

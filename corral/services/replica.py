@@ -2,7 +2,8 @@
 
 A batch of protocol messages is processed in one storage batch: for each message, read what a
 PREPARE's compares need (seeing commits applied earlier in the batch), step the core, write its
-records; the batch then commits with one fsync, and only then do votes and acks go out.
+records. The batch commits at once (no fsync); votes, acks and other sends go out through the
+releaser, in order, once a grouped WAL fsync has made the batch durable.
 
 Reads (linearizable by default) wait while a key they cover is locked by a prepared transaction,
 up to the caller's deadline, then fail with `Unavailable`: a replica never answers with a value that
@@ -15,7 +16,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -28,9 +29,10 @@ from corral.records import CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, kv_to_pb
-from corral.services.base import Context, Ticker, deadline_s, fail_stop, now_ms
+from corral.services.base import Context, Releaser, Ticker, deadline_s, fail_stop, now_ms
 from corral.services.failpoints import Failpoints
-from corral.services.links import PeerLinks
+from corral.services.links import PeerLinks, answer_stream
+from corral.store.durability import WalSync
 from corral.store.replica_log import ReplicaStorage
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
         self.node = node
         self.faults = faults
         self.started_at = time.monotonic()
-        self.storage = ReplicaStorage(node.data_dir / "replica.db", limits=config.limits)
+        self.storage = ReplicaStorage(node.data_dir / "replica.db", limits=config.limits, synchronous="NORMAL")
+        self.wal = WalSync(node.data_dir / "replica.db")
+        self.releaser = Releaser(node.name, self.wal)
         self.core = Participant(
             node.name,
             COORDINATOR,
@@ -78,12 +82,14 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
 
     # -- the loop body -------------------------------------------------------------------------
 
-    def _process(self, src: str | None, events: list[Event], capture: str | None = None) -> list[Message]:
-        """Step every event inside one storage batch (one fsync); then send. Returns the messages
-        addressed to `capture` (the response of the RPC being served)."""
+    def _process(
+        self, src: str | None, events: list[Event], capture: str | None = None
+    ) -> asyncio.Future[list[Message]]:
+        """Step every event inside one storage batch; once it is durable, send. The returned future
+        resolves to the messages addressed to `capture` (the answer to the batch being served)."""
         sends: list[Envelope] = []
         wake = None
-        persisted_prepare = persisted_commit = False
+        persisted = persisted_prepare = persisted_commit = False
         try:
             with self.storage.batch() as batch:
                 for event in events:
@@ -96,6 +102,7 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
                             ev = Received(ev.src, ev.msg, batch.read(ev.msg.txn.compare_keys()))
                     eff = self.core.step(ev, now_ms())
                     batch.write(eff.persist)
+                    persisted |= bool(eff.persist)
                     persisted_prepare |= any(isinstance(r, PreparedRecord) for r in eff.persist)
                     persisted_commit |= any(isinstance(r, CommittedRecord) for r in eff.persist)
                     sends.extend(eff.send)
@@ -103,20 +110,29 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
-        if persisted_prepare:
-            self.faults.hit("replica.after_prepare_log")
-        if persisted_commit:
-            self.faults.hit("replica.after_commit_apply")
+        ticket = self.wal.note_commit() if persisted else 0
         self.ticker.wake_at(wake)
+        # Locks released by this batch are released in memory and the store holds the applies:
+        # waiting reads may look again (a decided commit is final even before our fsync).
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        captured = []
-        for env in sends:
-            if env.dst == capture:
-                captured.append(env.msg)
-            else:
-                self.links.send(env.dst, env.msg)
-        return captured
+        answer: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+
+        def act() -> None:
+            if persisted_prepare:
+                self.faults.hit("replica.after_prepare_log")
+            if persisted_commit:
+                self.faults.hit("replica.after_commit_apply")
+            captured = []
+            for env in sends:
+                if env.dst == capture:
+                    captured.append(env.msg)
+                else:
+                    self.links.send(env.dst, env.msg)
+            answer.set_result(captured)
+
+        self.releaser.release(ticket, act)
+        return answer
 
     def _on_tick(self) -> None:
         self._process(None, [Tick()])
@@ -126,18 +142,27 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
 
     # -- Peer service ---------------------------------------------------------------------------
 
-    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
-        action = self.faults.hit(f"replica.recv.{request.src}", "replica.recv")
+    async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        action = self.faults.hit(f"replica.recv.{batch.src}", "replica.recv")
         if action is not None and action.kind in ("drop", "error"):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"failpoint replica.recv: {action.kind}")
+            raise Unavailable(f"failpoint replica.recv: {action.kind}")
         if action is not None and action.kind == "delay":
             await asyncio.sleep(action.arg_ms / 1000)
+        msgs = batch_from_pb(batch)
+        return self._process(batch.src, [Received(batch.src, m) for m in msgs], capture=batch.src)
+
+    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
         try:
-            msgs = batch_from_pb(request)
+            answer = await self._inbound(request)
+        except Unavailable as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
         except CorralError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
-        captured = self._process(request.src, [Received(request.src, m) for m in msgs], capture=request.src)
-        return batch_to_pb(self.node.name, captured)
+        return batch_to_pb(self.node.name, await answer)
+
+    async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
+        async for answer in answer_stream(request_iterator, self._inbound, self.node.name, context):
+            yield answer
 
     # -- Client service (reads) ------------------------------------------------------------------
 

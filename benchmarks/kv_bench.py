@@ -1,0 +1,353 @@
+"""Key/value benchmark: a 3-replica Corral cluster against a 3-member etcd, same workload, same run.
+
+For each concurrency level (default 1, 16 and 64 clients) it measures durable puts/s and
+linearizable gets/s with p50/p99 latency. The load comes from worker processes (so the client's own
+CPU is spread like the servers'), each running async clients over one gRPC channel per server.
+When the `etcd` binary is installed (Debian package etcd-server) it starts a 3-member etcd on
+loopback and runs the same workload through a Python gRPC etcd client of the same shape, then
+prints Corral/etcd ratios.
+
+Run: `python benchmarks/kv_bench.py` (options: --duration, --clients, --procs, --no-etcd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VALUE = b"v" * 256
+KEYS_PER_CLIENT = 50  # each client cycles over its own keys: no conflicts, realistic spread
+LATENCY_SAMPLE_MAX = 20_000  # per worker: bounds the JSON a worker sends back
+
+
+# -- workers (run in subprocesses) ---------------------------------------------------------------
+
+
+async def _corral_worker(spec: dict[str, object]) -> dict[str, object]:
+    from corral.client.aio import AsyncClient, Endpoints
+
+    endpoints = Endpoints(str(spec["coordinator"]), tuple(spec["replicas"]), ())  # type: ignore[arg-type]
+    client = AsyncClient(endpoints, timeout=30)
+    prefix = f"bench/{spec['worker']}"
+
+    async def put(i: int, n: int) -> None:
+        await client.put(f"{prefix}/{i}/{n % KEYS_PER_CLIENT}", VALUE)
+
+    async def get(i: int, n: int) -> None:
+        await client.get(f"{prefix}/{i}/{n % KEYS_PER_CLIENT}")
+
+    try:
+        return await _drive(spec, put, get)
+    finally:
+        await client.close()
+
+
+async def _etcd_worker(spec: dict[str, object]) -> dict[str, object]:
+    import grpc
+
+    etcd_pb2, etcd_grpc = _etcd_modules(Path(str(spec["gen_dir"])))
+    channels = [grpc.aio.insecure_channel(a) for a in spec["members"]]  # type: ignore[attr-defined]
+    stubs = [etcd_grpc.KVStub(c) for c in channels]
+    rng = random.Random()
+    prefix = f"bench/{spec['worker']}"
+
+    async def put(i: int, n: int) -> None:
+        key = f"{prefix}/{i}/{n % KEYS_PER_CLIENT}".encode()
+        await rng.choice(stubs).Put(etcd_pb2.PutRequest(key=key, value=VALUE), timeout=30)
+
+    async def get(i: int, n: int) -> None:
+        key = f"{prefix}/{i}/{n % KEYS_PER_CLIENT}".encode()
+        await rng.choice(stubs).Range(etcd_pb2.RangeRequest(key=key), timeout=30)
+
+    try:
+        return await _drive(spec, put, get)
+    finally:
+        for c in channels:
+            await c.close()
+
+
+async def _drive(spec: dict[str, object], put, get) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    clients = int(spec["clients"])  # type: ignore[call-overload]
+    duration = float(spec["duration"])  # type: ignore[arg-type]
+    op = put if spec["phase"] == "put" else get
+    if spec["phase"] == "get":  # the keys exist before they are read
+        await asyncio.gather(*(put(i, n) for i in range(clients) for n in range(KEYS_PER_CLIENT)))
+    latencies: list[float] = []
+    count = 0
+    errors = 0
+    deadline = time.monotonic() + duration
+
+    async def loop(i: int) -> None:
+        nonlocal count, errors
+        n = 0
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                await op(i, n)
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            count += 1
+            n += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(loop(i) for i in range(clients)))
+    elapsed = time.monotonic() - start
+    if len(latencies) > LATENCY_SAMPLE_MAX:
+        latencies = random.Random(0).sample(latencies, LATENCY_SAMPLE_MAX)
+    return {"count": count, "errors": errors, "elapsed": elapsed, "latencies": latencies}
+
+
+def _etcd_modules(gen_dir: Path):  # type: ignore[no-untyped-def]
+    """Generate (once) and import the etcd KV stubs from benchmarks/etcd/etcd_kv.proto."""
+    if not (gen_dir / "etcd_kv_pb2_grpc.py").exists():
+        from grpc_tools import protoc  # type: ignore[import-untyped]
+
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        proto_dir = ROOT / "benchmarks" / "etcd"
+        code = protoc.main(
+            [
+                "protoc",
+                f"-I{proto_dir}",
+                f"--python_out={gen_dir}",
+                f"--grpc_python_out={gen_dir}",
+                str(proto_dir / "etcd_kv.proto"),
+            ]
+        )
+        if code != 0:
+            raise SystemExit("could not generate the etcd stubs")
+    sys.path.insert(0, str(gen_dir))
+    import etcd_kv_pb2  # type: ignore[import-not-found]
+    import etcd_kv_pb2_grpc  # type: ignore[import-not-found]
+
+    return etcd_kv_pb2, etcd_kv_pb2_grpc
+
+
+def worker_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    runner = _corral_worker if spec["system"] == "corral" else _etcd_worker
+    print(json.dumps(asyncio.run(runner(spec))))
+
+
+# -- clusters -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    system: str
+    phase: str
+    clients: int
+    ops: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def start_corral(tmp: Path) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
+    from corral.cli.cluster import start_node, wait_healthy
+    from corral.client import Client
+    from corral.config import new_cluster
+
+    config = new_cluster(tmp / "corral", replicas=3)
+    config.save()
+    procs = [start_node(config, name) for name in config.nodes]
+    with Client(config.path) as c:
+        down = wait_healthy(c, set(config.nodes), 30)
+    if down:
+        raise SystemExit(f"corral nodes did not start: {down}")
+    return {"coordinator": config.coordinator.address, "replicas": [r.address for r in config.replicas]}, procs
+
+
+def start_etcd(tmp: Path, binary: str) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
+    from corral.config import free_port
+
+    names = ["m1", "m2", "m3"]
+    client_ports = {n: free_port() for n in names}
+    peer_ports = {n: free_port() for n in names}
+    cluster = ",".join(f"{n}=http://127.0.0.1:{peer_ports[n]}" for n in names)
+    procs = []
+    for n in names:
+        log = open(tmp / f"etcd-{n}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--name",
+                    n,
+                    "--data-dir",
+                    str(tmp / f"etcd-{n}"),
+                    "--listen-client-urls",
+                    f"http://127.0.0.1:{client_ports[n]}",
+                    "--advertise-client-urls",
+                    f"http://127.0.0.1:{client_ports[n]}",
+                    "--listen-peer-urls",
+                    f"http://127.0.0.1:{peer_ports[n]}",
+                    "--initial-advertise-peer-urls",
+                    f"http://127.0.0.1:{peer_ports[n]}",
+                    "--initial-cluster",
+                    cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "corral-bench",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    members = [f"127.0.0.1:{client_ports[n]}" for n in names]
+    gen_dir = tmp / "etcd-gen"
+    _wait_etcd(members, gen_dir)
+    return {"members": members, "gen_dir": str(gen_dir)}, procs
+
+
+def _wait_etcd(members: list[str], gen_dir: Path) -> None:
+    import grpc
+
+    etcd_pb2, etcd_grpc = _etcd_modules(gen_dir)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(members[0]) as ch:
+                etcd_grpc.KVStub(ch).Put(etcd_pb2.PutRequest(key=b"ready", value=b"1"), timeout=2)
+            return
+        except grpc.RpcError:
+            time.sleep(0.2)  # polling for the cluster to elect a leader, with a deadline
+    raise SystemExit("etcd did not become ready in 30 s")
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run_phase(system: str, endpoints: dict[str, object], phase: str, clients: int, args: argparse.Namespace) -> Phase:
+    procs = max(1, min(args.procs, clients))
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    workers = []
+    for w, share in enumerate(shares):
+        spec = {
+            **endpoints,
+            "system": system,
+            "phase": phase,
+            "clients": share,
+            "duration": args.duration,
+            "worker": f"{phase}{clients}-{w}",
+        }
+        workers.append(
+            subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE)
+        )
+    results = []
+    for p in workers:
+        out, _ = p.communicate(timeout=args.duration * 10 + 120)
+        if p.returncode != 0:
+            raise SystemExit(f"a {system} {phase} worker failed")
+        results.append(json.loads(out))
+    latencies = sorted(x for r in results for x in r["latencies"])
+    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0  # noqa: E731
+    return Phase(
+        system,
+        phase,
+        clients,
+        sum(r["count"] for r in results),
+        sum(r["errors"] for r in results),
+        max(r["elapsed"] for r in results),
+        pct(0.50),
+        pct(0.99),
+    )
+
+
+def report(phases: list[Phase]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Corral vs etcd: 3 replicas/members on loopback, 256-byte values")
+    for col in ("system", "clients", "op", "ops/s", "p50 ms", "p99 ms", "errors", "corral/etcd ops/s", "p50 ratio"):
+        table.add_column(col, justify="left" if col in ("system", "op") else "right")
+    by_key = {(p.system, p.phase, p.clients): p for p in phases}
+    for p in phases:
+        ratio = p50 = ""
+        other = by_key.get(("etcd", p.phase, p.clients))
+        if p.system == "corral" and other and other.ops_per_s:
+            ratio = f"{p.ops_per_s / other.ops_per_s:.2f}x"
+            p50 = f"{p.p50_ms / other.p50_ms:.2f}x" if other.p50_ms else ""
+        table.add_row(
+            p.system,
+            str(p.clients),
+            p.phase,
+            f"{p.ops_per_s:,.0f}",
+            f"{p.p50_ms:.2f}",
+            f"{p.p99_ms:.2f}",
+            str(p.errors),
+            ratio,
+            p50,
+        )
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase (default 5)")
+    parser.add_argument("--clients", default="1,16,64", help="concurrency levels (default 1,16,64)")
+    parser.add_argument("--procs", type=int, default=2, help="client worker processes (default 2)")
+    parser.add_argument("--no-etcd", action="store_true", help="skip etcd even if it is installed")
+    parser.add_argument("--only-etcd", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args.worker)
+        return
+    levels = [int(x) for x in args.clients.split(",")]
+    etcd = None if args.no_etcd else shutil.which("etcd")
+    systems = ([] if args.only_etcd else ["corral"]) + (["etcd"] if etcd else [])
+    if not etcd and not args.no_etcd:
+        print("etcd is not installed (Debian package etcd-server); measuring Corral alone")
+    phases: list[Phase] = []
+    for system in systems:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as tmp:
+            endpoints, procs = start_corral(Path(tmp)) if system == "corral" else start_etcd(Path(tmp), etcd or "")
+            try:
+                for clients in levels:
+                    for phase in ("put", "get"):
+                        result = run_phase(system, endpoints, phase, clients, args)
+                        print(
+                            f"{system:6} {phase} clients={clients:3}: {result.ops_per_s:8,.0f} ops/s "
+                            f"p50={result.p50_ms:.2f} ms p99={result.p99_ms:.2f} ms errors={result.errors}",
+                            flush=True,
+                        )
+                        phases.append(result)
+            finally:
+                stop(procs)
+    report(phases)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
