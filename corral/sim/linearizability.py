@@ -21,11 +21,18 @@ their call, or never. Porcupine gives them a return at +infinity and requires th
 is only sound because placing such an operation after every completed one is invisible; we make that explicit:
 the search succeeds as soon as every *completed* operation is placed, and unknown ones are optional. Such an
 operation never returns, so it never forces an order; it is a candidate from its call until the end. An
-unknown `get` has no effect and is dropped. Because they are optional, unknown operations are tried only after
-the completed candidates (they are taken when a later observation needs them), a placement that would leave
-the state unchanged (a cas that fails, a put of the current value) is skipped as it cannot help, and a dead
-configuration with placed unknown set U also kills the same configuration with any U' containing U: having
-placed more optional operations never opens an option (see `_dominated`).
+unknown `get` has no effect and is dropped. Completed candidates are tried first, so an unknown operation is
+placed when a later observation needs it. Optional operations could multiply the search by 2^u, so it only
+looks for linearizations in a canonical form, of which one exists whenever any linearization does (each rule
+turns a linearization into a shorter or equally good one):
+- an unknown placement that leaves the state unchanged (a cas that fails, a put of the current value) is
+  skipped, and so is any put or delete right after an unknown placement (it would overwrite it unobserved:
+  drop the earlier one);
+- unknown operations with the same effect are interchangeable once called (none of them ever returns), so
+  only the first unplaced one by call time is tried;
+- a dead configuration with placed unknown set U also kills the same configuration with any U' containing U:
+  having placed more optional operations never opens an option (see `_dominated`). Whether the last
+  placement was unknown is part of U, as it forbids a put or delete next.
 
 Equal timestamps. A return at t and a call at t are treated as concurrent (calls sort before returns at equal
 times, as in porcupine). Clocks are coarse (a fake clock delivers a response and the next request in one tick;
@@ -176,88 +183,128 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
     pending = sorted((i for i in range(n) if not is_known[i]), key=lambda i: (calls[i], i))
     for a, b in zip([uhead, *pending], [*pending, utail], strict=True):
         unxt[a], uprv[b] = b, a
+    # twins[u]: the unknown ops before u in that order with the same effect. Once called they stay available
+    # to the end, so they are interchangeable and only the first unplaced one is tried.
+    twins = [0] * n
+    groups: dict[tuple[int, State, State], int] = {}
+    for i in pending:
+        effect = (kinds[i], values[i] if kinds[i] != _DELETE else None, expects[i] if kinds[i] == _CAS else None)
+        twins[i] = groups.get(effect, 0)
+        groups[effect] = twins[i] | 1 << i
+    # Set in `unknown_bits` when the last placement was an unknown op, which nothing has observed yet.
+    after_unknown = 1 << n
 
     state: State = None
     known_bits = unknown_bits = 0
     placed_known = 0
     stack: list[int] = []  # placed operations, in linearization order
-    saved: list[State] = []  # the state before each placement
+    saved: list[tuple[State, int]] = []  # (state, unknown_bits) before each placement
     failed: dict[tuple[int, State], list[int]] = {}  # dead configs: (known bits, state) -> unknown bit sets
-    best: tuple[int, list[int], State, int] = (-1, [], None, -1)  # (placed known, stack, state, blocking op)
+    # The deepest dead end (most completed ops placed, then fewest unknown): (placed known, stack, states, op)
+    best: tuple[int, list[int], list[State], int] = (-1, [], [], -1)
     e = nxt[head]  # cursor over completed candidates
     u = -1  # cursor over unknown candidates; -1 = not started at this config
+    fresh = True  # at a config not yet scanned for a read
     steps = 0
     while placed_known < known_total:
         steps += 1
         if deadline is not None and steps % _CLOCK_EVERY_STEPS == 1 and time.monotonic() >= deadline:
             return "timeout", ""
-        if not e & 1:  # a completed operation's call: try placing it now
+        pick, new, child_unknown, dead_end = -1, state, unknown_bits & ~after_unknown, False
+        if fresh:
+            # A completed read that fits (a get of the state, a cas that rightly failed) goes first and alone: in
+            # any linearization from here it can be moved to the front, so if it leads nowhere nothing does.
+            fresh, x = False, nxt[head]
+            while not x & 1:
+                i = x >> 1
+                if (kinds[i] == _GET and outputs[i] == state) or (
+                    kinds[i] == _CAS and outputs[i] is False and state != expects[i]
+                ):
+                    if _dominated(failed, known_bits | 1 << i, child_unknown, state):
+                        dead_end = True
+                    else:
+                        pick = i
+                    break
+                x = nxt[x]
+        if pick < 0 and not dead_end and not e & 1:  # a completed operation's call: try placing it now
             i = e >> 1
-            kind, new = kinds[i], state
+            kind = kinds[i]
             if kind == _PUT:
                 new, fits = values[i], True
             elif kind == _DELETE:
                 new, fits = None, True
-            elif kind == _GET:
-                fits = state == outputs[i]
-            elif state == expects[i]:
+            elif kind == _CAS and state == expects[i]:
                 new, fits = values[i], outputs[i] is True
             else:
-                fits = outputs[i] is False
-            if fits and not _dominated(failed, known_bits | 1 << i, unknown_bits, new):
-                stack.append(i)
-                saved.append(state)
-                state, known_bits, placed_known = new, known_bits | 1 << i, placed_known + 1
-                c, r = 2 * i, 2 * i + 1
-                nxt[prv[c]], prv[nxt[c]] = nxt[c], prv[c]
-                nxt[prv[r]], prv[nxt[r]] = nxt[r], prv[r]
-                e, u = nxt[head], -1
+                fits = False  # a read: it would have been picked above
+            # An unknown op overwritten before anything observes it is pointless: the sequence without it
+            # reaches the same config with more options, so it is not searched.
+            if unknown_bits & after_unknown and kind in (_PUT, _DELETE):
+                fits = False
+            if fits and not _dominated(failed, known_bits | 1 << i, child_unknown, new):
+                pick = i
             else:
                 e = nxt[e]
-            continue
-        # `e` is the earliest return among unplaced completed ops: only unknown ops called by then remain.
-        first_ret = rets[e >> 1]
-        assert first_ret is not None
-        u = unxt[uhead] if u == -1 else u
-        found = False
-        while u != utail and calls[u] <= first_ret:
-            kind = kinds[u]
-            if kind == _PUT or (kind == _CAS and state == expects[u]):
-                new = values[u]
+                continue
+        elif pick < 0 and not dead_end:
+            # `e` is the earliest return among unplaced completed ops: only unknown ops called by then remain.
+            first_ret = rets[e >> 1]
+            assert first_ret is not None
+            u = unxt[uhead] if u == -1 else u
+            while u != utail and calls[u] <= first_ret:
+                kind = kinds[u]
+                if kind == _PUT or (kind == _CAS and state == expects[u]):
+                    new = values[u]
+                else:
+                    new = None if kind == _DELETE else state
+                # Skip a placement that leaves the state as it is, overwrites an unobserved unknown op, or has
+                # an unplaced twin before it: in each case a sequence without it does as well (module docstring).
+                useless = new == state or (unknown_bits & after_unknown and kind != _CAS) or twins[u] & ~unknown_bits
+                child_unknown = unknown_bits | 1 << u | after_unknown
+                if not useless and not _dominated(failed, known_bits, child_unknown, new):
+                    pick = u
+                    break
+                u = unxt[u]
+        if pick >= 0:
+            stack.append(pick)
+            saved.append((state, unknown_bits))
+            state, unknown_bits = new, child_unknown
+            if is_known[pick]:
+                known_bits, placed_known = known_bits | 1 << pick, placed_known + 1
+                c, r = 2 * pick, 2 * pick + 1
+                nxt[prv[c]], prv[nxt[c]] = nxt[c], prv[c]
+                nxt[prv[r]], prv[nxt[r]] = nxt[r], prv[r]
             else:
-                new = None if kind == _DELETE else state
-            # A placement that leaves the state as it is cannot help: the config without it has every option.
-            if new != state and not _dominated(failed, known_bits, unknown_bits | 1 << u, new):
-                found = True
-                break
-            u = unxt[u]
-        if found:
-            stack.append(u)
-            saved.append(state)
-            state, unknown_bits = new, unknown_bits | 1 << u
-            unxt[uprv[u]], uprv[unxt[u]] = unxt[u], uprv[u]
-            e, u = nxt[head], -1
+                unxt[uprv[pick]], uprv[unxt[pick]] = unxt[pick], uprv[pick]
+            e, u, fresh = nxt[head], -1, True
             continue
-        # Dead end: no candidate fits. Remember it, then undo the last placement and try the next candidate.
-        if placed_known > best[0]:
-            best = (placed_known, stack.copy(), state, e >> 1)
-        if not stack:
-            return "violation", _explain(key, ops, best[1], best[2], best[3])
-        dead = failed.setdefault((known_bits, state), [])
-        dead[:] = [d for d in dead if d & unknown_bits != unknown_bits]  # now dominated by the new entry
-        dead.append(unknown_bits)
-        p = stack.pop()
-        state = saved.pop()
-        if is_known[p]:
-            c, r = 2 * p, 2 * p + 1
-            nxt[prv[r]] = prv[nxt[r]] = r  # undo in reverse order of unlinking
-            nxt[prv[c]] = prv[nxt[c]] = c
-            known_bits, placed_known = known_bits & ~(1 << p), placed_known - 1
-            e, u = nxt[c], -1
-        else:
-            unxt[uprv[p]] = uprv[unxt[p]] = p
-            unknown_bits &= ~(1 << p)
-            u = unxt[p]  # `e` is unchanged: the completed set, hence its earliest return, is the same
+        # Dead end: no candidate fits. Remember it, then undo the last placement and try the next candidate;
+        # after a read placed alone (see above), its parent is a dead end too.
+        if placed_known > best[0] or (placed_known == best[0] and len(stack) < len(best[1])):
+            blocking = e
+            while not blocking & 1:
+                blocking = nxt[blocking]
+            best = (placed_known, stack.copy(), [s for s, _ in saved[1:]] + [state] if stack else [], blocking >> 1)
+        while True:
+            if not stack:
+                return "violation", _explain(key, ops, *best[1:])
+            dead = failed.setdefault((known_bits, state), [])
+            dead[:] = [d for d in dead if d & unknown_bits != unknown_bits]  # now dominated by the new entry
+            dead.append(unknown_bits)
+            p = stack.pop()
+            read = is_known[p] and (kinds[p] == _GET or (kinds[p] == _CAS and outputs[p] is False))
+            state, unknown_bits = saved.pop()
+            if is_known[p]:
+                c, r = 2 * p, 2 * p + 1
+                nxt[prv[r]] = prv[nxt[r]] = r  # undo in reverse order of unlinking
+                nxt[prv[c]] = prv[nxt[c]] = c
+                known_bits, placed_known = known_bits & ~(1 << p), placed_known - 1
+                e, u = nxt[c], -1
+            else:
+                unxt[uprv[p]] = uprv[unxt[p]] = p
+                u = unxt[p]  # `e` is unchanged: the completed set, hence its earliest return, is the same
+            if not read:
+                break
     return "ok", ""
 
 
@@ -276,8 +323,11 @@ def _describe(index: int, op: Operation) -> str:
     return f"#{index} client={op.client!r} {what} [call={op.call}, ret={ret}]"
 
 
-def _explain(key: str, ops: Sequence[tuple[int, Operation]], placed: list[int], state: State, blocking: int) -> str:
-    """Describe the deepest partial linearization and the operation that could not follow it."""
+def _explain(
+    key: str, ops: Sequence[tuple[int, Operation]], placed: list[int], states: list[State], blocking: int
+) -> str:
+    """Describe the deepest partial linearization (`states[j]`: the state after `placed[j]`) and where it stuck."""
+    state = states[-1] if states else None
     known_total = sum(op.ret is not None for _, op in ops)
     placed_known = sum(ops[i][1].ret is not None for i in placed)
     block_index, block_op = ops[blocking]
@@ -287,10 +337,11 @@ def _explain(key: str, ops: Sequence[tuple[int, Operation]], placed: list[int], 
         f"(+{len(placed) - placed_known} of unknown outcome) placed; the state there is {state!r}.",
         "Its last steps, in linearization order:",
     ]
-    lines += [f"  {_describe(*ops[i])}" for i in placed[-EXPLAIN_STEPS_MAX:]] or ["  (none)"]
+    steps = list(zip(placed, states, strict=True))[-EXPLAIN_STEPS_MAX:]
+    lines += [f"  {_describe(*ops[i])} => {s!r}" for i, s in steps] or ["  (none)"]
     lines.append(
-        f"Next, something called by {block_op.ret} (when #{block_index} returned) must be placed, "
-        f"and no such operation fits state {state!r}; the one that returned first:"
+        f"Stuck there: #{block_index} returned at {block_op.ret}, so it comes before anything called later, "
+        "and no operation that may come next leads to a linearization. It is:"
     )
     lines.append(f"  {_describe(block_index, block_op)}")
     # The operations around the dead end: from the first of the last steps to the blocking return.
@@ -298,12 +349,13 @@ def _explain(key: str, ops: Sequence[tuple[int, Operation]], placed: list[int], 
     start = min([*recent, block_op.call])
     assert block_op.ret is not None
     end = block_op.ret
-    near = [(i, op) for i, op in ops if op.call <= end and (op.ret is None or op.ret >= start)]
+    near = [(i, op) for i, op in ops if op.call <= end and (op.ret is None or op.ret >= start) and i != block_index]
     near.sort(key=lambda item: (item[1].call, item[0]))
+    omitted = max(0, len(near) - (EXPLAIN_OPS_MAX - 1))
+    shown = sorted([*near[omitted:], (block_index, block_op)], key=lambda item: (item[1].call, item[0]))
     placed_indexes = {ops[i][0] for i in placed}
     lines.append(f"Operations of this key overlapping [{start}, {end}], by call time (* = placed above):")
-    for i, op in near[-EXPLAIN_OPS_MAX:]:
-        lines.append(f"  {'*' if i in placed_indexes else ' '} {_describe(i, op)}")
-    if len(near) > EXPLAIN_OPS_MAX:
-        lines.append(f"  ... and {len(near) - EXPLAIN_OPS_MAX} earlier")
+    if omitted:
+        lines.append(f"  ({omitted} with earlier calls not shown)")
+    lines += [f"  {'*' if i in placed_indexes else ' '} {_describe(i, op)}" for i, op in shown]
     return "\n".join(lines)

@@ -116,7 +116,14 @@ class ReplicaStorage:
             )
         )[::-1]
         (forgotten,) = db.execute("SELECT value FROM meta WHERE name = 'forgotten_max_txid'").fetchone()
-        return ParticipantDisk(self.store.revision, prepared, outcomes, int(forgotten))
+        # Outcomes written since the last trim may exceed the bound; those not loaded are forgotten too.
+        # Without this the core would take a txid it applied for one it never saw, and refuse it to a peer
+        # still in doubt about it: two outcomes for one transaction.
+        (dropped,) = db.execute(
+            "SELECT max(txid) FROM (SELECT txid FROM outcomes ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+            (self._outcomes_max,),
+        ).fetchone()
+        return ParticipantDisk(self.store.revision, prepared, outcomes, max(int(forgotten), int(dropped or 0)))
 
     @contextmanager
     def batch(self) -> Iterator[ReplicaBatch]:

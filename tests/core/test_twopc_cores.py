@@ -42,6 +42,7 @@ from corral.records import (
     EpochRecord,
     ParticipantDisk,
     PreparedRecord,
+    make_txid,
 )
 
 NODES = ("r1", "r2", "r3")
@@ -307,6 +308,24 @@ def test_core_refuses_input_after_an_internal_error() -> None:
         p.step(Received("c", Commit(9, 1)), 0)
     with pytest.raises(Exception, match="stopped after an earlier internal error"):
         p.step(Tick(), 1)
+
+
+def test_stale_abort_after_end_does_not_overwrite_a_commit() -> None:
+    """One outcome per transaction: an ABORT answering a late duplicate vote, after END, is ignored.
+
+    Found by the simulation (tests/sim/regressions.py): a duplicate PREPARE arrived after the
+    commit ENDed; the replica voted again, the coordinator (which forgets ended commits) answered ABORT,
+    the replica recorded the transaction as aborted, and a late duplicate COMMIT then stopped its core.
+    """
+    w = Wire.new()
+    w.txn(1, put("a", b"1"))
+    assert w.replies[1] == TxnResult(1, True) and w.coord.unended == 0
+    txid = make_txid(w.coord.epoch, 1)
+    w.run("c", Effects(send=(Envelope("r1", Prepare(txid, put("a", b"1"))),)))  # late duplicate PREPARE
+    eff = w.deliver("c", Envelope("r1", Commit(txid, 1)))  # late duplicate COMMIT
+    assert [e.msg for e in eff.send] == [Ack(txid, 1)]
+    eff = w.parts["r1"].step(Received("r2", ResolveRequest((txid,))), 0)
+    assert eff.send[0].msg == ResolveReply((_outcome(txid, OutcomeKind.COMMITTED, 1),))
 
 
 def _outcome(txid: int, kind: OutcomeKind, revision: int = 0) -> Outcome:

@@ -1,0 +1,325 @@
+"""The simulator's virtual clock and fake network (DESIGN.md "deterministic simulation").
+
+Clock. `Scheduler` holds a heap of `(time_ms, seq, action)`; running the next action moves virtual time to
+its time. Actions at the same time run in the order they were scheduled (`seq`), so a run depends only on
+the seed. There is no wall clock, no sleep and no thread anywhere.
+
+Network. Every message goes over a link `(src, dst)`. A link's behaviour is one of two modes, chosen per
+seed, and the 2PC cores must be safe under both:
+- FIFO (the real transport): a queue per link and at most one batch in flight; when the link is free, all
+  queued messages (up to PEER_BATCH_MAX) leave as one batch with one random delay. Order is kept.
+- REORDER: the messages of one send are cut into random chunks, each with its own delay; nothing is kept
+  in order.
+
+Faults, each drawn from the seeded RNG with the seed's probabilities:
+- drop: a batch is lost; the sender may be told (`unreachable`, after an RPC timeout) or not;
+- duplicate: a batch is delivered twice (FIFO: a retransmission right after; REORDER: a second copy with
+  its own delay); never on links from clients (see `no_dup_from`): TCP does not duplicate a request, and
+  the coordinator's retry rule assumes that a request it answered with an error does not come back;
+- late: a batch gets an extra long delay, so stale messages arrive after the world moved on;
+- ambiguous: a delivered batch is also reported unreachable (its response was lost), as an RPC timeout is;
+- cut: a node is partitioned from every other node for an interval; `block` cuts one link (scripts);
+- down: a batch for a node that is down (crashed) is lost; at send time the sender is told after a short
+  delay with probability `report_p` (connection refused), otherwise it just never hears back.
+
+`heal()` stops all of them (no drops, duplicates, late delays, cuts or blocks); messages already in flight
+still arrive. A message is never delivered to a node that is down or cut off at its arrival time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from corral.core.messages import (
+    Abort,
+    Ack,
+    ClientReply,
+    ClientTxn,
+    Commit,
+    ErrorInfo,
+    Prepare,
+    ResolveReply,
+    ResolveRequest,
+    TxnResult,
+    Vote,
+)
+from corral.limits import PEER_BATCH_MAX
+from corral.records import format_txid
+
+Action = Callable[[], None]
+Items = tuple[object, ...]
+# deliver(src, dst, items); unreachable(src, dst, items, token): the sender's shell learns of a failed send.
+DeliverFn = Callable[[str, str, Items], None]
+UnreachableFn = Callable[[str, str, Items, int], None]
+
+
+# -- what travels besides the cores' messages ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """A client's linearizable read of one key at one replica."""
+
+    request_id: int
+    key: str
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    request_id: int
+    value: bytes | None = None
+    error: ErrorInfo | None = None
+
+
+def describe(item: object) -> str:
+    """One trace fragment for a message, ids first (`txid=e1.4 vote=yes`)."""
+    if isinstance(item, Prepare):
+        return f"txid={format_txid(item.txid)} prepare keys={','.join(sorted(item.txn.keys()))}"
+    if isinstance(item, Commit):
+        return f"txid={format_txid(item.txid)} commit revision={item.revision}"
+    if isinstance(item, Abort):
+        return f"txid={format_txid(item.txid)} abort"
+    if isinstance(item, Vote):
+        reason = f" reason={item.reason.code}" if item.reason else ""
+        return f"txid={format_txid(item.txid)} vote={'yes' if item.yes else 'no'} succeeded={item.succeeded}{reason}"
+    if isinstance(item, Ack):
+        return f"txid={format_txid(item.txid)} ack revision={item.revision}"
+    if isinstance(item, ResolveRequest):
+        return f"txids={','.join(format_txid(t) for t in item.txids)} resolve"
+    if isinstance(item, ResolveReply):
+        parts = (f"{format_txid(o.txid)}:{o.kind.name.lower()}@{o.revision}" for o in item.outcomes)
+        return f"resolved={','.join(parts)}"
+    if isinstance(item, ClientTxn):
+        keys = ",".join(sorted(item.txn.keys()))
+        return f"request={item.request_id} client={item.client_id} seq={item.seq} txn keys={keys}"
+    if isinstance(item, ClientReply):
+        r = item.result
+        what = f"revision={r.revision} succeeded={r.succeeded}" if isinstance(r, TxnResult) else f"error={r.code}"
+        return f"request={item.request_id} reply {what}"
+    if isinstance(item, ReadRequest):
+        return f"request={item.request_id} read key={item.key} deadline={item.deadline_ms}"
+    if isinstance(item, ReadReply):
+        what = f"error={item.error.code}" if item.error else f"value={item.value!r}"
+        return f"request={item.request_id} read-reply {what}"
+    return repr(item)
+
+
+# -- clock and links ---------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Virtual time: a heap of actions, run one at a time in (time, scheduling order)."""
+
+    def __init__(self) -> None:
+        self.now_ms = 0
+        self._heap: list[tuple[int, int, Action]] = []
+        self._seq = 0
+
+    def at(self, time_ms: int, action: Action) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (max(time_ms, self.now_ms), self._seq, action))
+
+    def after(self, delay_ms: int, action: Action) -> None:
+        self.at(self.now_ms + delay_ms, action)
+
+    def next_time(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def run_one(self) -> None:
+        time_ms, _, action = heapq.heappop(self._heap)
+        self.now_ms = time_ms
+        action()
+
+    def advance_to(self, time_ms: int) -> None:
+        """Move the clock forward with nothing happening (a wait that ran out)."""
+        self.now_ms = max(self.now_ms, time_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class NetConfig:
+    """One seed's network behaviour (see the module docstring)."""
+
+    fifo: bool = True
+    delay_min_ms: int = 1
+    delay_max_ms: int = 5
+    drop_p: float = 0.0
+    dup_p: float = 0.0
+    late_p: float = 0.0
+    late_max_ms: int = 0
+    ambiguous_p: float = 0.0
+    report_p: float = 1.0
+    # How long a sender waits before it calls a lost batch unreachable (its RPC deadline).
+    rpc_timeout_ms: int = 20
+
+    def calm(self) -> NetConfig:
+        """The same links with every fault switched off (after healing)."""
+        return replace(self, drop_p=0.0, dup_p=0.0, late_p=0.0, ambiguous_p=0.0)
+
+
+@dataclass(slots=True)
+class _Link:
+    queue: deque[object] = field(default_factory=deque)
+    busy: bool = False
+    token: int = 0  # the sender's incarnation that queued the messages
+
+
+@dataclass(slots=True)
+class NetStats:
+    batches: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    late: int = 0
+    lost_down: int = 0
+    reported: int = 0
+
+
+class Network:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        rng: random.Random,
+        cfg: NetConfig,
+        *,
+        deliver: DeliverFn,
+        unreachable: UnreachableFn,
+        is_up: Callable[[str], bool],
+        no_dup_from: Callable[[str], bool],
+        trace: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sched = sched
+        self.rng = rng
+        self.cfg = cfg
+        self._deliver = deliver
+        self._unreachable = unreachable
+        self._is_up = is_up
+        self._no_dup_from = no_dup_from
+        self._trace = trace
+        self._links: dict[tuple[str, str], _Link] = {}
+        self._cut_until: dict[str, int] = {}
+        self._blocked: set[tuple[str, str]] = set()
+        self.stats = NetStats()
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def cut(self, node: str, until_ms: int) -> None:
+        """Partition `node` from everyone until `until_ms`."""
+        self._cut_until[node] = max(until_ms, self._cut_until.get(node, 0))
+
+    def block(self, src: str, dst: str) -> None:
+        self._blocked.add((src, dst))
+
+    def unblock(self, src: str, dst: str) -> None:
+        self._blocked.discard((src, dst))
+
+    def heal(self) -> None:
+        self.cfg = self.cfg.calm()
+        self._cut_until.clear()
+        self._blocked.clear()
+
+    def is_cut(self, node: str) -> bool:
+        return self._cut_until.get(node, -1) > self.sched.now_ms
+
+    def reachable(self, src: str, dst: str) -> bool:
+        return self._is_up(dst) and not self.is_cut(src) and not self.is_cut(dst) and (src, dst) not in self._blocked
+
+    def forget_sender(self, src: str) -> None:
+        """`src` crashed: messages queued in its memory are gone (batches on the wire still arrive)."""
+        for (s, _), link in self._links.items():
+            if s == src:
+                link.queue.clear()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, src: str, dst: str, items: Sequence[object], token: int = 0) -> None:
+        """Hand `items` to the link src -> dst; `token` comes back with an unreachable report."""
+        if not items:
+            return
+        if self.cfg.fifo:
+            link = self._links.setdefault((src, dst), _Link())
+            link.queue.extend(items)
+            link.token = token
+            if not link.busy:
+                self._dispatch_fifo(src, dst, link)
+            return
+        rest = list(items)
+        while rest:
+            n = self.rng.randint(1, len(rest))
+            self._launch(src, dst, tuple(rest[:n]), token, None)
+            rest = rest[n:]
+
+    def _dispatch_fifo(self, src: str, dst: str, link: _Link) -> None:
+        batch = tuple(link.queue.popleft() for _ in range(min(len(link.queue), PEER_BATCH_MAX)))
+        link.busy = True
+        self._launch(src, dst, batch, link.token, link)
+
+    def _free(self, src: str, dst: str, link: _Link | None) -> None:
+        if link is None:
+            return
+        link.busy = False
+        if link.queue:
+            self._dispatch_fifo(src, dst, link)
+
+    def _launch(self, src: str, dst: str, batch: Items, token: int, link: _Link | None) -> None:
+        """Decide one batch's fate now; schedule its arrival, loss and reports."""
+        cfg, rng = self.cfg, self.rng
+        self.stats.batches += 1
+        if not self._is_up(dst) and not self.is_cut(src):
+            # Connection refused: the sender learns quickly, or (its shell timing out instead) not at all.
+            self.stats.lost_down += 1
+            delay = rng.randint(1, 3)
+            if rng.random() < cfg.report_p:
+                self._report(src, dst, batch, token, delay)
+            self.sched.after(delay, lambda: self._free(src, dst, link))
+            return
+        if not self.reachable(src, dst) or rng.random() < cfg.drop_p:
+            self.stats.dropped += 1
+            self._note(f"net drop src={src} dst={dst} n={len(batch)}")
+            if rng.random() < cfg.report_p:
+                self._report(src, dst, batch, token, cfg.rpc_timeout_ms)
+            self.sched.after(cfg.rpc_timeout_ms, lambda: self._free(src, dst, link))
+            return
+        delay = rng.randint(cfg.delay_min_ms, cfg.delay_max_ms)
+        if cfg.late_p and rng.random() < cfg.late_p:
+            self.stats.late += 1
+            delay += rng.randint(1, cfg.late_max_ms)
+        copies = 1
+        if cfg.dup_p and not self._no_dup_from(src) and rng.random() < cfg.dup_p:
+            self.stats.duplicated += 1
+            copies = 2
+        ambiguous = cfg.ambiguous_p and rng.random() < cfg.ambiguous_p
+        if link is not None:
+            self.sched.after(delay, lambda: self._arrive_fifo(src, dst, batch, copies, link))
+        else:
+            self.sched.after(delay, lambda: self._arrive(src, dst, batch))
+            if copies == 2:
+                extra = rng.randint(cfg.delay_min_ms, cfg.delay_max_ms + cfg.late_max_ms)
+                self.sched.after(extra, lambda: self._arrive(src, dst, batch))
+        if ambiguous:
+            self._report(src, dst, batch, token, delay + cfg.rpc_timeout_ms)
+
+    def _arrive_fifo(self, src: str, dst: str, batch: Items, copies: int, link: _Link) -> None:
+        for _ in range(copies):
+            self._arrive(src, dst, batch)
+        self._free(src, dst, link)
+
+    def _arrive(self, src: str, dst: str, batch: Items) -> None:
+        if not self.reachable(src, dst):
+            self.stats.lost_down += 1
+            self._note(f"net lost src={src} dst={dst} n={len(batch)} (down or cut off at arrival)")
+            return
+        self._deliver(src, dst, batch)
+
+    def _report(self, src: str, dst: str, batch: Items, token: int, delay: int) -> None:
+        self.stats.reported += 1
+        self.sched.after(delay, lambda: self._unreachable(src, dst, batch, token))
+
+    def _note(self, line: str) -> None:
+        if self._trace is not None:
+            self._trace(line)
