@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.errors import FailedPrecondition, InvalidArgument, NotFound
-from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, Timeouts
+from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, MIN_REPLICAS, Limits, Timeouts
 
 CONFIG_NAME = "corral.toml"
 DEFAULT_DIR = "corral-data"
@@ -51,6 +51,7 @@ class ClusterConfig:
     nodes: dict[str, NodeConfig]
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     limits: Limits = DEFAULT_LIMITS
+    min_replicas: int = MIN_REPLICAS
 
     @property
     def directory(self) -> Path:
@@ -95,13 +96,11 @@ class ClusterConfig:
             raise InvalidArgument(f'{path} must define [nodes.{COORDINATOR}] with role = "coordinator"')
         if not any(n.role == "replica" for n in nodes.values()):
             raise InvalidArgument(f"{path} defines no replica nodes")
-        return cls(
-            path,
-            str(raw.get("cluster", {}).get("name", "corral")),
-            nodes,
-            timeouts,
-            limits,
-        )
+        cluster = raw.get("cluster", {})
+        min_replicas = cluster.get("min_replicas", MIN_REPLICAS)
+        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 1:
+            raise InvalidArgument(f"[cluster] min_replicas in {path} must be a positive integer, got {min_replicas!r}")
+        return cls(path, str(cluster.get("name", "corral")), nodes, timeouts, limits, min_replicas)
 
     def dumps(self) -> str:
         lines = [
@@ -110,6 +109,8 @@ class ClusterConfig:
             "",
             "[cluster]",
             f"name = {json.dumps(self.name)}",
+            "# Writes stop (Unavailable) rather than continue on fewer replicas than this.",
+            f"min_replicas = {self.min_replicas}",
             "",
             "[timeouts]",
             *(f"{f.name} = {getattr(self.timeouts, f.name)}" for f in fields(Timeouts)),

@@ -68,6 +68,13 @@ class Timeouts:
     resolve_interval_ms: int = 500
     # A client request's deadline when the caller gives none.
     request_timeout_ms: int = 10_000
+    # A replica serves linearizable reads only while it holds a read lease from the coordinator; the
+    # coordinator drops a silent replica from the view only after its lease has surely expired. So
+    # this is also how long writes may stall when a replica dies: short enough to stay available,
+    # long enough that a loaded machine does not lose leases (replicas renew every quarter of it).
+    read_lease_ms: int = 2000
+    # How long the coordinator holds new transactions while a caught-up replica enters the view.
+    join_timeout_ms: int = 2000
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -82,3 +89,19 @@ CLIENT_OUTCOMES_MAX = 200_000
 
 # Messages in one Peer.Step batch: bounds the size of one RPC and of one replica fsync group.
 PEER_BATCH_MAX = 512
+
+# Clocks of two processes may run at slightly different rates: the coordinator waits this much longer
+# than a lease (a fraction of it, plus a constant) before treating it as expired.
+LEASE_DRIFT_FRACTION = 0.1
+LEASE_DRIFT_MS = 20
+
+# Replicas the view never shrinks below: fewer copies than this and writes stop (Unavailable)
+# rather than be acknowledged on too few disks.
+MIN_REPLICAS = 2
+
+# Client requests held while a replica joins the view; beyond it, new requests fail at once.
+FROZEN_REQUESTS_MAX = 10_000
+
+# Revisions (and bytes of values) in one catch-up reply; the joiner asks again for the rest.
+FETCH_REVISIONS_MAX = 2000
+FETCH_BYTES_MAX = 8 * MIB

@@ -60,6 +60,14 @@ class EndRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ViewRecord:
+    """Coordinator: the replicas that vote on new transactions and may hold read leases (forced)."""
+
+    view: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedRecord:
     """Replica: voted yes on txid; these are the writes it will apply if committed (forced)."""
 
@@ -67,6 +75,7 @@ class PreparedRecord:
     writes: tuple[Write, ...]
     succeeded: bool
     keys: frozenset[str]
+    participants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,44 @@ class AbortedRecord:
     txid: TxId
 
 
-Record = EpochRecord | CommitRecord | EndRecord | PreparedRecord | CommittedRecord | AbortedRecord
+@dataclass(frozen=True, slots=True)
+class CaughtUpRecord:
+    """Replica (catching up outside the view): apply fetched revisions in order, then stand at
+    `through_revision`."""
+
+    revisions: tuple[tuple[int, tuple[Write, ...]], ...]
+    through_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardedRecord:
+    """Replica (outside the view): drop an in-doubt PREPARED record without applying it; catching up
+    brings its effect if it committed. No outcome is recorded."""
+
+    txid: TxId
+
+
+@dataclass(frozen=True, slots=True)
+class ForgottenRecord:
+    """Replica: outcomes of txids up to this one may be unknown here. `drop_outcomes` (on rejoining)
+    also forgets the outcomes it remembers up to there: from before it left, they cannot be trusted."""
+
+    txid: TxId
+    drop_outcomes: bool = False
+
+
+Record = (
+    EpochRecord
+    | CommitRecord
+    | EndRecord
+    | ViewRecord
+    | PreparedRecord
+    | CommittedRecord
+    | AbortedRecord
+    | CaughtUpRecord
+    | DiscardedRecord
+    | ForgottenRecord
+)
 
 
 # -- start states ------------------------------------------------------------------------------
@@ -99,23 +145,29 @@ class CoordinatorDisk:
     last_revision: int = 0
     unended: tuple[CommitRecord, ...] = ()  # committed, not every participant acknowledged
     remembered: tuple[CommitRecord, ...] = ()  # recent commits, for answering client retries
+    view: int = 0  # 0: no view recorded yet (every configured replica is a member)
+    members: tuple[str, ...] = ()
 
     @classmethod
     def from_records(cls, records: Iterable[Record]) -> CoordinatorDisk:
         """Fold a log (in write order) into the start state; used by the shell and the simulator."""
-        epoch = last_revision = 0
+        epoch = last_revision = view = 0
+        members: tuple[str, ...] = ()
         commits: dict[TxId, CommitRecord] = {}
         ended: set[TxId] = set()
         for rec in records:
             if isinstance(rec, EpochRecord):
                 epoch = max(epoch, rec.epoch)
+            elif isinstance(rec, ViewRecord) and rec.view > view:
+                view, members = rec.view, rec.members
             elif isinstance(rec, CommitRecord):
                 commits[rec.txid] = rec
                 last_revision = max(last_revision, rec.revision)
             elif isinstance(rec, EndRecord):
                 ended.add(rec.txid)
         ordered = sorted(commits.values(), key=lambda r: r.revision)
-        return cls(epoch, last_revision, tuple(r for r in ordered if r.txid not in ended), tuple(ordered))
+        unended = tuple(r for r in ordered if r.txid not in ended)
+        return cls(epoch, last_revision, unended, tuple(ordered), view, members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +185,7 @@ class ParticipantDisk:
         prepared: dict[TxId, PreparedRecord] = {}
         outcomes: dict[TxId, int | None] = {}
         applied = applied_revision
+        forgotten = 0
         for rec in records:
             if isinstance(rec, PreparedRecord):
                 prepared[rec.txid] = rec
@@ -143,4 +196,12 @@ class ParticipantDisk:
             elif isinstance(rec, AbortedRecord):
                 prepared.pop(rec.txid, None)
                 outcomes[rec.txid] = None
-        return cls(applied, tuple(prepared.values()), tuple(outcomes.items()))
+            elif isinstance(rec, DiscardedRecord):
+                prepared.pop(rec.txid, None)
+            elif isinstance(rec, CaughtUpRecord):
+                applied = max(applied, rec.through_revision)
+            elif isinstance(rec, ForgottenRecord):
+                forgotten = max(forgotten, rec.txid)
+                if rec.drop_outcomes:
+                    outcomes = {t: r for t, r in outcomes.items() if t > rec.txid}
+        return cls(applied, tuple(prepared.values()), tuple(outcomes.items()), forgotten)

@@ -70,13 +70,18 @@ def start_node(config: ClusterConfig, name: str, env: dict[str, str] | None = No
     return proc
 
 
+def healthy(st: NodeStatus) -> bool:
+    """Up, and for a replica: a member of the view holding a read lease (it serves reads)."""
+    return st.up and (st.role != "replica" or st.lease_valid)
+
+
 def wait_healthy(client: Client, names: set[str], timeout_s: float) -> list[str]:
-    """Wait until every node in `names` answers its status; return those that never did."""
+    """Wait until every node in `names` is healthy; return those that never were."""
     deadline = time.monotonic() + timeout_s
     down = set(names)
     while down and time.monotonic() < deadline:
         for st in client.status(timeout=1.0):
-            if st.up:
+            if healthy(st):
                 down.discard(st.name)
         if down:
             time.sleep(0.1)  # polling a condition with a deadline, not synchronising on time

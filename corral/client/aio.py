@@ -63,6 +63,11 @@ class NodeStatus:
     prepared: int = 0
     locked_keys: int = 0
     uptime_s: float = 0.0
+    view: int = 0
+    view_members: tuple[str, ...] = ()
+    membership: str = ""  # replica: member | outside | unknown
+    lease_valid: bool = False  # replica: serving linearizable reads
+    joining: str = ""  # coordinator: a replica being added to the view
     error: str = ""
 
 
@@ -154,11 +159,14 @@ class AsyncClient:
     ) -> TxnResponse:
         """Atomically: if every compare holds, apply on_success, else on_failure.
 
+        Writes the cluster could not apply for a passing reason (a replica down before the view drops
+        it, a replica joining) are retried with the same request id until the deadline.
+
         Raises:
             InvalidArgument: a malformed transaction (nothing is written).
             Conflict: another in-flight transaction touches one of its keys and arrived first.
-            Unavailable: not applied (a replica is down), or no answer before the deadline
-                (`outcome_unknown` tells which).
+            Unavailable: no success before the deadline; `outcome_unknown` says whether the write may
+                still have been applied.
         """
         spec = TxnSpec(tuple(compares), tuple(on_success), tuple(on_failure))
         for item in (*spec.compares, *spec.on_success, *spec.on_failure):
@@ -170,12 +178,15 @@ class AsyncClient:
         request = pb.TxnRequest(client_id=self.client_id, seq=self._seq, txn=txn_to_pb(spec))
         maybe_sent = False
         attempt = 0
+        last_reason = ""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                why = f" (last: {last_reason})" if last_reason else ""
                 raise Unavailable(
                     "the coordinator did not answer before the deadline"
-                    + ("; the write may or may not have been applied" if maybe_sent else "; nothing was applied"),
+                    + ("; the write may or may not have been applied" if maybe_sent else "; nothing was applied")
+                    + why,
                     outcome_unknown=maybe_sent,
                 )
             stub = pb_grpc.ClientStub(self._channel(self.endpoints.coordinator))
@@ -190,10 +201,19 @@ class AsyncClient:
                 continue
             if response.error.code:
                 err_info = error_from_pb(response.error)
-                if err_info.code == Unavailable.code and err_info.details.get("outcome_unknown"):
+                if err_info.code != Unavailable.code:
+                    raise err_info.to_error()
+                if err_info.details.get("outcome_unknown"):
                     maybe_sent = True  # the coordinator itself timed out: ask again with the same seq
-                    continue
-                raise err_info.to_error()
+                # Not applied (a replica unreachable, votes late, a replica joining): the cluster is
+                # changing its view; try again until the deadline, then report the last reason.
+                last_reason = err_info.message
+                pause = min(self._backoff(attempt), max(0.0, deadline - time.monotonic()))
+                if deadline - time.monotonic() <= pause:
+                    raise err_info.to_error()
+                await asyncio.sleep(pause)
+                attempt += 1
+                continue
             return TxnResponse(response.succeeded, response.revision)
 
     async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
@@ -269,7 +289,22 @@ class AsyncClient:
             except grpc.aio.AioRpcError as err:
                 return NodeStatus(name, role, address, False, error=err.code().name)
             return NodeStatus(
-                name, role, address, True, s.revision, s.digest, s.pid, s.epoch, s.prepared, s.locked_keys, s.uptime_s
+                name,
+                role,
+                address,
+                True,
+                s.revision,
+                s.digest,
+                s.pid,
+                s.epoch,
+                s.prepared,
+                s.locked_keys,
+                s.uptime_s,
+                s.view,
+                tuple(s.view_members),
+                s.membership,
+                s.lease_valid,
+                s.joining,
             )
 
         return list(await asyncio.gather(*(one(*n) for n in self.endpoints.nodes)))

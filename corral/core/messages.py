@@ -91,8 +91,12 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Prepare:
+    """Vote on txid. `participants` is fixed for the transaction's life: every one of them must vote
+    yes for it to commit, and only they may be asked about it (cooperative termination)."""
+
     txid: TxId
     txn: TxnSpec
+    participants: tuple[NodeName, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +153,94 @@ class ResolveReply:
     outcomes: tuple[Outcome, ...]
 
 
-Message = Prepare | Commit | Abort | Vote | Ack | ResolveRequest | ResolveReply
+# -- views, read leases, rejoining ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """A replica asks to keep serving linearizable reads; `request_ms` is its own clock at sending,
+    echoed back so the lease counts from before the grant (the safe side)."""
+
+    request_ms: int
+    applied_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """To a member of the view: serve linearizable reads until your request_ms + lease_ms."""
+
+    view: int
+    members: tuple[NodeName, ...]
+    lease_ms: int
+    request_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotMember:
+    """To a replica outside the view: catch up from a member, then ask to join."""
+
+    view: int
+    members: tuple[NodeName, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A caught-up replica asks to enter the view."""
+
+    applied_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReady:
+    """The coordinator paused new transactions: fetch up to `revision`, then report CaughtUp.
+    `txid_high` is the highest txid issued so far; the joiner may have forgotten anything below it."""
+
+    revision: int
+    txid_high: TxId
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    applied_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """To a member: send me the committed revisions from `from_revision` on (served by the shell
+    from the store's history, not by the core)."""
+
+    from_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReply:
+    """Committed revisions in order (revision, writes), covering everything up to `through_revision`
+    (revisions without writes are simply absent); `complete` when that is the sender's newest
+    revision. `error` when the history asked for is gone (compacted)."""
+
+    revisions: tuple[tuple[int, tuple[Write, ...]], ...]
+    through_revision: int
+    complete: bool
+    error: ErrorInfo | None = None
+
+
+Message = (
+    Prepare
+    | Commit
+    | Abort
+    | Vote
+    | Ack
+    | ResolveRequest
+    | ResolveReply
+    | LeaseRequest
+    | LeaseGrant
+    | NotMember
+    | Join
+    | JoinReady
+    | CaughtUp
+    | FetchRequest
+    | FetchReply
+)
 
 
 @dataclass(frozen=True, slots=True)

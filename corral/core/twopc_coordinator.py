@@ -1,24 +1,41 @@
-"""The 2PC coordinator core: presumed abort, single sequencer of revisions (DESIGN.md "Replication").
+"""The 2PC coordinator core: presumed abort, single sequencer of revisions, keeper of the view.
 
 A transaction at the coordinator:
 
     request ──keys in use──▶ rejected (Conflict); nothing sent, nothing logged
-       │
+       │     ──a replica is joining──▶ held until the join ends (bounded)
        ▼
-    PENDING (PREPARE sent to every participant, collecting votes)
-       ├─ all yes ──▶ COMMITTED: CommitRecord(txid, revision) forced, client answered, COMMIT sent
+    PENDING (PREPARE sent to its participants = the view's members when it started)
+       ├─ every participant yes ──▶ COMMITTED: CommitRecord forced, client answered, COMMIT sent
        └─ a no, an unreachable participant, or the deadline ──▶ ABORTED: nothing logged, ABORT sent
-    COMMITTED ──every participant acked──▶ ENDED: EndRecord written lazily, forgotten
+    COMMITTED ──every participant acked (or left the view)──▶ ENDED: EndRecord (lazy), forgotten
+
+The view (DESIGN.md "Failures"): the members vote on new transactions and hold read leases.
+    member ──no lease request for lease_ms (+ drift margin) since the last grant──▶ dropped
+           (only while more than `min_replicas` members remain; never below)
+    outside ──Join──▶ JOINING: new transactions held, wait until nothing is in flight and every
+           commit is acknowledged ──JoinReady(revision)──▶ the joiner fetches up to it ──CaughtUp──▶
+           member (ViewRecord forced), held transactions released
 
 Rules:
 - First wins (seed 003): a transaction touching a key of a PENDING transaction is rejected at once.
+- A transaction's participants are fixed when it starts. A view change only affects transactions
+  started after it; a pending one still needs every original participant's yes (else it aborts).
+  This keeps cooperative termination safe: a participant that refused a transaction (never voted)
+  can count on it never committing.
+- A dropped member's lease has expired before it is dropped (the coordinator counts the lease from
+  when it sent the grant, the replica from when it asked), so a replica cut off from the coordinator
+  stops serving linearizable reads before writes go on without it.
+- A joiner enters the view only when no transaction is pending and every commit is acknowledged, and
+  it has applied every revision: from then on it prepares every transaction, so its locks cover
+  every write it has not applied, and its reads are as linearizable as any member's.
 - Revisions are assigned at commit time, consecutively; COMMITs reach each participant in revision
   order because the core emits them in that order and shells keep one FIFO link per participant.
 - A COMMIT is re-sent until acknowledged; an ABORT is sent once (presumed abort: a participant that
-  missed it asks, and "no record" means aborted).
+  missed it asks, and "no record" means aborted). A participant dropped from the view no longer
+  holds up END: it rejoins by catching up from a member's history, and discards what it held in doubt.
 - Resolve queries: PENDING -> PENDING; committed and not ended -> COMMITTED(revision); anything else
-  -> ABORTED, because a commit is always logged before anyone hears of it and ENDED means every
-  participant already applied it (a late query from one of them is ignored on arrival).
+  -> ABORTED (presumed abort; for a replica outside the view this means "discard and catch up").
 - Retries: a client request is identified by (client_id, seq). A committed one is answered from
   memory (rebuilt from the log after a restart); one still in flight gains another waiter. An aborted
   one is not remembered: nothing was applied, so running the retry is correct.
@@ -30,13 +47,14 @@ records in the returned Effects.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from corral.core.messages import (
     Abort,
     Ack,
+    CaughtUp,
     ClientReply,
     ClientTxn,
     Commit,
@@ -45,8 +63,13 @@ from corral.core.messages import (
     Envelope,
     ErrorInfo,
     Event,
+    Join,
+    JoinReady,
+    LeaseGrant,
+    LeaseRequest,
     Message,
     NodeName,
+    NotMember,
     Outcome,
     OutcomeKind,
     Prepare,
@@ -60,8 +83,25 @@ from corral.core.messages import (
     Vote,
 )
 from corral.errors import Conflict, Internal, PeerError, Unavailable
-from corral.limits import CLIENT_OUTCOMES_MAX, DEFAULT_TIMEOUTS, Timeouts
-from corral.records import CommitRecord, CoordinatorDisk, EndRecord, EpochRecord, TxId, format_txid, make_txid
+from corral.limits import (
+    CLIENT_OUTCOMES_MAX,
+    DEFAULT_TIMEOUTS,
+    FROZEN_REQUESTS_MAX,
+    LEASE_DRIFT_FRACTION,
+    LEASE_DRIFT_MS,
+    MIN_REPLICAS,
+    Timeouts,
+)
+from corral.records import (
+    CommitRecord,
+    CoordinatorDisk,
+    EndRecord,
+    EpochRecord,
+    TxId,
+    ViewRecord,
+    format_txid,
+    make_txid,
+)
 
 ClientKey = tuple[str, int]
 
@@ -74,6 +114,7 @@ class _Pending:
     client: ClientKey
     waiters: list[int]
     deadline_ms: int
+    participants: tuple[NodeName, ...]
     votes: dict[NodeName, Vote] = field(default_factory=dict)
 
 
@@ -85,28 +126,43 @@ class _Committed:
     last_sent_ms: dict[NodeName, int]
 
 
+@dataclass(slots=True)
+class _Joining:
+    replica: NodeName
+    deadline_ms: int
+    ready_sent: bool = False
+
+
 class Coordinator:
     """See the module docstring."""
 
     def __init__(
         self,
         node: NodeName,
-        participants: Sequence[NodeName],
+        replicas: Sequence[NodeName],
         disk: CoordinatorDisk,
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        min_replicas: int = MIN_REPLICAS,
         client_outcomes_max: int = CLIENT_OUTCOMES_MAX,
         logger: logging.Logger | None = None,
     ) -> None:
-        if not participants:
-            raise Internal("a coordinator needs at least one participant")
+        if not replicas:
+            raise Internal("a coordinator needs at least one replica")
         self.node = node
-        self.participants: tuple[NodeName, ...] = tuple(participants)
+        self.replicas: tuple[NodeName, ...] = tuple(replicas)
         self.timeouts = timeouts
+        self.min_replicas = max(1, min(min_replicas, len(self.replicas)))
         self.log = logger or logging.getLogger(__name__)
         self.epoch = disk.epoch + 1
         self._counter = 0
         self.last_revision = disk.last_revision
+        # A brand-new cluster's view is every configured replica.
+        self.view = disk.view
+        self.members: tuple[NodeName, ...] = disk.members if disk.view else self.replicas
+        self._lease_granted_ms: dict[NodeName, int] = {}
+        self._joining: _Joining | None = None
+        self._held: deque[ClientTxn] = deque()
         self._pending: dict[TxId, _Pending] = {}
         self._key_owner: dict[str, TxId] = {}
         self._inflight_clients: dict[ClientKey, TxId] = {}
@@ -122,20 +178,27 @@ class Coordinator:
     # -- public --------------------------------------------------------------------------------
 
     def start(self, now_ms: int) -> Effects:
-        """First step after construction: log the new epoch, re-send unended commits (in order)."""
+        """First step: log the new epoch (and the first view), re-send unended commits in order."""
         if self._started:
             raise Internal("coordinator started twice")
         self._started = True
         out = EffectsBuilder()
         out.persist.append(EpochRecord(self.epoch))
+        if self.view == 0:
+            self.view = 1
+            out.persist.append(ViewRecord(self.view, self.members))
+        # Members may hold leases granted by the previous incarnation: treat every one as granted now.
+        self._lease_granted_ms = dict.fromkeys(self.members, now_ms)
         for rec in self._recovered:
-            c = _Committed(rec.txid, rec.revision, set(self.participants), {})
+            c = _Committed(rec.txid, rec.revision, set(self.members), {})
             self._committed[rec.txid] = c
-            self._send_commit(out, c, self.participants, now_ms)
+            self._send_commit(out, c, self.members, now_ms)
         self.log.info(
-            "coordinator=%s epoch=%d revision=%d recovered_unended=%d",
+            "coordinator=%s epoch=%d view=%d members=%s revision=%d recovered_unended=%d",
             self.node,
             self.epoch,
+            self.view,
+            ",".join(self.members),
             self.last_revision,
             len(self._recovered),
         )
@@ -160,6 +223,7 @@ class Coordinator:
                 self._on_tick(out, now_ms)
             else:
                 raise Internal(f"unknown event {type(event).__name__}")
+            self._progress_join(out, now_ms)
         except Internal as err:
             # A half-updated machine must not keep deciding (h11's ERROR state).
             self._broken = err.message
@@ -181,6 +245,10 @@ class Coordinator:
     def unended(self) -> int:
         return len(self._committed)
 
+    @property
+    def joining(self) -> NodeName | None:
+        return self._joining.replica if self._joining else None
+
     def check_invariants(self) -> None:
         for key, txid in self._key_owner.items():
             assert txid in self._pending and key in self._pending[txid].keys, (key, txid)
@@ -188,9 +256,13 @@ class Coordinator:
             for key in p.keys:
                 assert self._key_owner.get(key) == p.txid, (key, p.txid)
             assert self._inflight_clients.get(p.client) == p.txid
+            assert set(p.votes) <= set(p.participants)
         for c in self._committed.values():
             assert c.revision <= self.last_revision
-            assert c.unacked <= set(self.participants)
+        assert len(self.members) >= min(self.min_replicas, len(self.replicas)) or self.view == 0
+        assert set(self.members) <= set(self.replicas)
+        if self._joining is not None:
+            assert self._joining.replica not in self.members
 
     # -- events --------------------------------------------------------------------------------
 
@@ -203,6 +275,13 @@ class Coordinator:
         running = self._inflight_clients.get(client)
         if running is not None:
             self._pending[running].waiters.append(ev.request_id)
+            return
+        if self._joining is not None:
+            if len(self._held) >= FROZEN_REQUESTS_MAX:
+                full = Unavailable("a replica is joining and too many requests are waiting; retry shortly")
+                out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(full)))
+            else:
+                self._held.append(ev)
             return
         keys = ev.txn.keys()
         for key in sorted(keys):
@@ -218,12 +297,14 @@ class Coordinator:
         self._counter += 1
         txid = make_txid(self.epoch, self._counter)
         deadline = min(ev.deadline_ms, now_ms + self.timeouts.prepare_timeout_ms)
-        self._pending[txid] = _Pending(txid, ev.txn, keys, client, [ev.request_id], deadline)
+        participants = self.members
+        self._pending[txid] = _Pending(txid, ev.txn, keys, client, [ev.request_id], deadline, participants)
         for key in keys:
             self._key_owner[key] = txid
         self._inflight_clients[client] = txid
-        for p in self.participants:
-            out.send.append(Envelope(p, Prepare(txid, ev.txn)))
+        prepare = Prepare(txid, ev.txn, participants)
+        for p in participants:
+            out.send.append(Envelope(p, prepare))
 
     def _on_received(self, out: EffectsBuilder, src: NodeName, msg: Message, now_ms: int) -> None:
         if isinstance(msg, Vote):
@@ -232,6 +313,12 @@ class Coordinator:
             self._on_ack(out, src, msg)
         elif isinstance(msg, ResolveRequest):
             out.send.append(Envelope(src, ResolveReply(tuple(self.outcome_of(t) for t in msg.txids))))
+        elif isinstance(msg, LeaseRequest):
+            self._on_lease_request(out, src, msg, now_ms)
+        elif isinstance(msg, Join):
+            self._on_join(out, src, now_ms)
+        elif isinstance(msg, CaughtUp):
+            self._on_caught_up(out, src, msg, now_ms)
         else:
             self.log.warning("coordinator=%s ignored unexpected %s from %s", self.node, type(msg).__name__, src)
 
@@ -242,7 +329,7 @@ class Coordinator:
                 # A yes for a transaction already aborted: the voter holds locks for nothing.
                 out.send.append(Envelope(src, Abort(vote.txid)))
             return
-        if src not in self.participants:
+        if src not in p.participants:
             self.log.warning("coordinator=%s vote from non-participant %s ignored", self.node, src)
             return
         p.votes[src] = vote
@@ -250,7 +337,7 @@ class Coordinator:
             reason = vote.reason or ErrorInfo.of(PeerError(f"{src} voted no without a reason"))
             self._abort(out, p, reason)
             return
-        if len(p.votes) < len(self.participants):
+        if len(p.votes) < len(p.participants):
             return
         outcomes = {v.succeeded for v in p.votes.values()}
         if len(outcomes) != 1:
@@ -267,14 +354,14 @@ class Coordinator:
             return
         c.unacked.discard(src)
         if not c.unacked:
-            del self._committed[ack.txid]
-            out.persist_lazy.append(EndRecord(ack.txid))
+            self._end(out, c)
 
     def _on_unreachable(self, out: EffectsBuilder, dst: NodeName, msgs: Sequence[Message], now_ms: int) -> None:
         for msg in msgs:
             if isinstance(msg, Prepare) and msg.txid in self._pending:
                 err = Unavailable(
-                    f"replica {dst} is unreachable; every replica must vote on a write, so it was not applied",
+                    f"replica {dst} is unreachable and was asked to vote on this write, so it was not applied; "
+                    "retry (a replica that stays silent leaves the view once its read lease expires)",
                     replica=dst,
                 )
                 self._abort(out, self._pending[msg.txid], ErrorInfo.of(err))
@@ -284,16 +371,117 @@ class Coordinator:
 
     def _on_tick(self, out: EffectsBuilder, now_ms: int) -> None:
         for p in [p for p in self._pending.values() if p.deadline_ms <= now_ms]:
-            missing = sorted(set(self.participants) - set(p.votes))
+            missing = sorted(set(p.participants) - set(p.votes))
             err = Unavailable(
-                f"no vote from {', '.join(missing)} in time; the write was not applied",
+                f"no vote from {', '.join(missing)} in time; the write was not applied; retry",
                 replicas=missing,
             )
             self._abort(out, p, ErrorInfo.of(err))
+        for held in [h for h in self._held if h.deadline_ms <= now_ms]:
+            self._held.remove(held)
+            err = Unavailable("a replica was joining the view and the request's deadline passed; retry")
+            out.reply.append(ClientReply(held.request_id, ErrorInfo.of(err)))
+        self._expire_leases(out, now_ms)
         retry = self.timeouts.commit_retry_ms
         for c in sorted(self._committed.values(), key=lambda c: c.revision):
             due = [n for n in sorted(c.unacked) if c.last_sent_ms.get(n, 0) + retry <= now_ms]
             self._send_commit(out, c, due, now_ms)
+
+    # -- the view ------------------------------------------------------------------------------
+
+    def _lease_expiry_ms(self, granted_ms: int) -> int:
+        lease = self.timeouts.read_lease_ms
+        return granted_ms + lease + int(lease * LEASE_DRIFT_FRACTION) + LEASE_DRIFT_MS
+
+    def _on_lease_request(self, out: EffectsBuilder, src: NodeName, req: LeaseRequest, now_ms: int) -> None:
+        if src in self.members:
+            self._lease_granted_ms[src] = now_ms
+            grant = LeaseGrant(self.view, self.members, self.timeouts.read_lease_ms, req.request_ms)
+            out.send.append(Envelope(src, grant))
+        elif src in self.replicas:
+            out.send.append(Envelope(src, NotMember(self.view, self.members)))
+
+    def _expire_leases(self, out: EffectsBuilder, now_ms: int) -> None:
+        for member in list(self.members):
+            granted = self._lease_granted_ms.get(member, now_ms)
+            if now_ms < self._lease_expiry_ms(granted):
+                continue
+            if len(self.members) <= self.min_replicas:
+                continue  # never below min_replicas: writes stop instead (they cannot get its vote)
+            self._set_view(out, tuple(m for m in self.members if m != member))
+            self.log.warning(
+                "coordinator=%s dropped %s from the view (no lease renewal since %d ms ago); view=%d members=%s",
+                self.node,
+                member,
+                now_ms - granted,
+                self.view,
+                ",".join(self.members),
+            )
+            for c in list(self._committed.values()):
+                if member in c.unacked:
+                    c.unacked.discard(member)
+                    if not c.unacked:
+                        self._end(out, c)
+
+    def _set_view(self, out: EffectsBuilder, members: tuple[NodeName, ...]) -> None:
+        self.view += 1
+        self.members = tuple(r for r in self.replicas if r in members)  # configuration order
+        out.persist.append(ViewRecord(self.view, self.members))
+
+    def _on_join(self, out: EffectsBuilder, src: NodeName, now_ms: int) -> None:
+        if src not in self.replicas:
+            return
+        if src in self.members:
+            self._grant_after_join(out, src, now_ms)
+            return
+        if self._joining is None:
+            self._joining = _Joining(src, now_ms + self.timeouts.join_timeout_ms)
+            self.log.info("coordinator=%s %s asks to join; holding new transactions", self.node, src)
+        # Another replica joining: this one asks again later.
+
+    def _progress_join(self, out: EffectsBuilder, now_ms: int) -> None:
+        j = self._joining
+        if j is None:
+            return
+        if now_ms >= j.deadline_ms:
+            self.log.warning("coordinator=%s join of %s timed out; releasing held transactions", self.node, j.replica)
+            self._end_join(out, now_ms)
+            return
+        if not j.ready_sent and not self._pending and not self._committed:
+            j.ready_sent = True
+            out.send.append(Envelope(j.replica, JoinReady(self.last_revision, make_txid(self.epoch, self._counter))))
+
+    def _on_caught_up(self, out: EffectsBuilder, src: NodeName, msg: CaughtUp, now_ms: int) -> None:
+        j = self._joining
+        if j is None or j.replica != src or not j.ready_sent:
+            return
+        if msg.applied_revision != self.last_revision:
+            # A peer's mistake must not stop the coordinator: refuse the join; the replica tries again.
+            self.log.error(
+                "coordinator=%s %s reports revision %d, but writes are held at %d; join refused",
+                self.node,
+                src,
+                msg.applied_revision,
+                self.last_revision,
+            )
+            self._end_join(out, now_ms)
+            return
+        self._set_view(out, (*self.members, src))
+        self.log.info("coordinator=%s %s joined; view=%d members=%s", self.node, src, self.view, ",".join(self.members))
+        self._grant_after_join(out, src, now_ms)
+        self._end_join(out, now_ms)
+
+    def _grant_after_join(self, out: EffectsBuilder, src: NodeName, now_ms: int) -> None:
+        # The joiner learns it is a member from a lease grant carrying no time of its own (request 0):
+        # it holds no read lease until it asks for one.
+        out.send.append(Envelope(src, LeaseGrant(self.view, self.members, self.timeouts.read_lease_ms, 0)))
+        self._lease_granted_ms[src] = now_ms
+
+    def _end_join(self, out: EffectsBuilder, now_ms: int) -> None:
+        self._joining = None
+        held, self._held = self._held, deque()
+        for ev in held:
+            self._on_client_txn(out, ev, now_ms)
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -311,17 +499,24 @@ class Coordinator:
         out.persist.append(rec)
         result = self._remember(rec)
         out.reply.extend(ClientReply(r, result) for r in p.waiters)
-        c = _Committed(p.txid, rec.revision, set(self.participants), {})
+        # Participants that left the view since the transaction started do not hold up its END.
+        c = _Committed(p.txid, rec.revision, set(p.participants) & set(self.members), {})
         self._committed[p.txid] = c
-        self._send_commit(out, c, self.participants, now_ms)
+        self._send_commit(out, c, p.participants, now_ms)
+        if not c.unacked:
+            self._end(out, c)
         self.log.debug("coordinator=%s txid=%s commit revision=%d", self.node, format_txid(p.txid), rec.revision)
 
     def _abort(self, out: EffectsBuilder, p: _Pending, reason: ErrorInfo) -> None:
         self._release(p)
         out.reply.extend(ClientReply(r, reason) for r in p.waiters)
-        for n in self.participants:
+        for n in p.participants:
             out.send.append(Envelope(n, Abort(p.txid)))
         self.log.debug("coordinator=%s txid=%s abort: %s", self.node, format_txid(p.txid), reason.message)
+
+    def _end(self, out: EffectsBuilder, c: _Committed) -> None:
+        del self._committed[c.txid]
+        out.persist_lazy.append(EndRecord(c.txid))
 
     def _send_commit(self, out: EffectsBuilder, c: _Committed, to: Iterable[NodeName], now_ms: int) -> None:
         for n in to:
@@ -340,6 +535,11 @@ class Coordinator:
 
     def _next_wake(self) -> int | None:
         times = [p.deadline_ms for p in self._pending.values()]
+        times.extend(h.deadline_ms for h in self._held)
         retry = self.timeouts.commit_retry_ms
         times.extend(min(c.last_sent_ms.get(n, 0) for n in c.unacked) + retry for c in self._committed.values())
+        if len(self.members) > self.min_replicas:
+            times.extend(self._lease_expiry_ms(self._lease_granted_ms.get(m, 0)) for m in self.members)
+        if self._joining is not None:
+            times.append(self._joining.deadline_ms)
         return min(times) if times else None

@@ -1,36 +1,49 @@
-"""The 2PC participant core: a replica's side of presumed-abort 2PC (DESIGN.md "Replication").
+"""The 2PC participant core: a replica's side of presumed-abort 2PC, its read lease, and rejoining.
 
 A transaction at a participant:
 
     (unknown) ──PREPARE, keys free──▶ PREPARED: PreparedRecord forced, keys locked, vote yes
-        │  └──keys locked / refused before──▶ vote no (nothing logged)
-        │
+        │  └──keys locked / refused before / not a member──▶ vote no, with the reason
     PREPARED ──COMMIT(revision)──▶ DECIDED ──all lower revisions applied──▶ APPLIED:
         │                          CommittedRecord (apply + forget, atomically), locks released, ack
         └──ABORT──▶ ABORTED: AbortedRecord, locks released
+    (unknown) ──one of its participants asks about it──▶ REFUSED: AbortedRecord forced, answered
+                                                          ABORTED; a later PREPARE of it gets a no
 
-    (unknown) ──a peer asks about it──▶ REFUSED: AbortedRecord forced, answered ABORTED; a later
-                                        PREPARE of it gets a no
+Membership (DESIGN.md "Failures"):
+    UNKNOWN (at start) ──LeaseGrant──▶ MEMBER ──NotMember──▶ OUTSIDE
+    MEMBER: renews its read lease every lease/4; serves linearizable reads while the lease holds.
+    OUTSIDE: fetches committed revisions from a member until level with it, discards what it held in
+        doubt (once decided), then asks to Join ──JoinReady(revision)──▶ fetches up to it ──▶ CaughtUp
+        ──LeaseGrant──▶ MEMBER.
 
 Rules:
-- Never decide alone: a PREPARED transaction stays locked until the coordinator's decision arrives,
-  or a peer reports one (cooperative termination), however long that takes.
+- Never decide alone: a PREPARED transaction stays locked until its decision arrives from the
+  coordinator, or from another of its participants (cooperative termination).
 - Commits apply in revision order: a COMMIT for revision r waits until r-1 is applied.
 - Locks cover every key a prepared transaction reads or writes; a read of a locked key waits (the
   shell's job), which is what makes reads of committed writes linearizable.
 - Compares are evaluated at prepare time on the state the shell read for them. That state is final:
   any key with an undecided or unapplied write is locked, and locked keys make the vote a no.
+- A read lease counts from when its request was made (before the grant), so it ends before the
+  coordinator's idea of it; only a member with a live lease serves linearizable reads.
 - A prepared transaction with no decision after `resolve_after_ms` is asked about, to the coordinator,
-  then again every `resolve_interval_ms`; the peers are asked too once the coordinator has left a
-  question unanswered (cooperative termination is for a coordinator that is down, not slow).
-- A peer that never saw a transaction newer than everything it forgot refuses it durably and answers
-  ABORTED; for older ones it answers UNKNOWN (it might have applied and forgotten it).
+  then again every `resolve_interval_ms`; its other participants are asked too once the coordinator has
+  left a question unanswered (cooperative termination is for a coordinator that is down, not slow).
+- Only a participant of a transaction may refuse it; it is only ever asked about transactions it was a
+  participant of, and refuses one it never saw only if it has not forgotten that far back.
+- The coordinator's ABORTED may be presumed (it forgets ended commits). A member can trust it: every
+  commit it voted on waits for its ack. A replica outside the view (or not yet knowing) must not: it
+  discards what it held in doubt instead, and catching up brings the effect of whatever committed.
+- Rejoining raises the forgotten mark to the coordinator's highest txid and drops older outcomes:
+  what a replica remembers from before it left cannot be trusted to answer other replicas' questions.
 
 This module must not know about sockets, clocks or disks.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -39,14 +52,22 @@ from dataclasses import dataclass
 from corral.core.messages import (
     Abort,
     Ack,
+    CaughtUp,
     Commit,
     Effects,
     EffectsBuilder,
     Envelope,
     ErrorInfo,
     Event,
+    FetchReply,
+    FetchRequest,
+    Join,
+    JoinReady,
+    LeaseGrant,
+    LeaseRequest,
     Message,
     NodeName,
+    NotMember,
     Outcome,
     OutcomeKind,
     Prepare,
@@ -57,10 +78,26 @@ from corral.core.messages import (
     Unreachable,
     Vote,
 )
-from corral.errors import Conflict, Internal, InvalidArgument
+from corral.errors import Conflict, Internal, InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Limits, Timeouts
 from corral.model import KeyValue, Write
-from corral.records import AbortedRecord, CommittedRecord, ParticipantDisk, PreparedRecord, TxId, format_txid
+from corral.records import (
+    AbortedRecord,
+    CaughtUpRecord,
+    CommittedRecord,
+    DiscardedRecord,
+    ForgottenRecord,
+    ParticipantDisk,
+    PreparedRecord,
+    TxId,
+    format_txid,
+)
+
+
+class Membership(enum.Enum):
+    UNKNOWN = "unknown"
+    MEMBER = "member"
+    OUTSIDE = "outside"
 
 
 @dataclass(slots=True)
@@ -69,6 +106,7 @@ class _Prepared:
     writes: tuple[Write, ...]
     succeeded: bool
     keys: frozenset[str]
+    participants: tuple[NodeName, ...]
     prepared_at_ms: int
     asked_at_ms: int | None = None
     coordinator_answered_ms: int | None = None
@@ -98,16 +136,28 @@ class Participant:
         self.limits = limits
         self.log = logger or logging.getLogger(__name__)
         self.applied_revision = disk.applied_revision
+        self.membership = Membership.UNKNOWN
+        self.view = 0
+        self.members: tuple[NodeName, ...] = ()
+        self.lease_until_ms = 0
+        self._next_lease_request_ms = now_ms
         self._prepared: dict[TxId, _Prepared] = {}
         self._locks: dict[str, TxId] = {}
         self._decided: dict[int, TxId] = {}  # revision -> txid, committed but waiting for order
         self._outcomes: OrderedDict[TxId, int | None] = OrderedDict(disk.outcomes)
         self._outcomes_max = outcomes_max
         self._forgotten_max = disk.forgotten_max_txid
+        # Rejoining: the revision the coordinator holds writes at (None: not asked yet), the peer
+        # fetched from, and when the last fetch or join request went out.
+        self._join_target: int | None = None
+        self._level_with_peer = False
+        self._fetch_sent_ms: int | None = None
+        self._fetch_from = 0
+        self._join_sent_ms: int | None = None
         self._broken: str | None = None
         for rec in disk.prepared:
             # Recovered in doubt: ask at the first tick (asked_at_ms None), never decide alone.
-            self._lock(_Prepared(rec.txid, rec.writes, rec.succeeded, rec.keys, now_ms))
+            self._lock(_Prepared(rec.txid, rec.writes, rec.succeeded, rec.keys, rec.participants, now_ms))
 
     # -- public --------------------------------------------------------------------------------
 
@@ -121,13 +171,18 @@ class Participant:
             elif isinstance(event, Tick):
                 self._on_tick(out, now_ms)
             elif isinstance(event, Unreachable):
-                pass  # votes and acks are re-derived from retransmissions; queries from the timer
+                if any(isinstance(m, FetchRequest) for m in event.msgs):
+                    self._fetch_sent_ms = None  # ask another member at the next tick
             else:
                 raise Internal(f"participant got unexpected event {type(event).__name__}")
         except Internal as err:
             self._broken = err.message
             raise
         return out.build(self._next_wake())
+
+    def can_serve_linearizable(self, now_ms: int) -> bool:
+        """A member with a live read lease (checked by the shell before every linearizable read)."""
+        return self.membership is Membership.MEMBER and now_ms < self.lease_until_ms
 
     def is_locked(self, key: str) -> bool:
         return key in self._locks
@@ -154,6 +209,8 @@ class Participant:
         for rev, txid in self._decided.items():
             assert rev > self.applied_revision, (rev, self.applied_revision)
             assert self._prepared[txid].decided_revision == rev
+        if self.membership is not Membership.MEMBER:
+            assert self.lease_until_ms == 0
 
     # -- events --------------------------------------------------------------------------------
 
@@ -174,20 +231,20 @@ class Participant:
         elif isinstance(msg, ResolveRequest):
             out.send.append(Envelope(src, ResolveReply(tuple(self._answer(out, t) for t in msg.txids))))
         elif isinstance(msg, ResolveReply):
-            for o in msg.outcomes:
-                p = self._prepared.get(o.txid)
-                if p is None or p.decided_revision is not None:
-                    continue
-                if src == self.coordinator:
-                    p.coordinator_answered_ms = now_ms
-                if o.kind is OutcomeKind.COMMITTED:
-                    self.log.info("replica=%s txid=%s learned commit from %s", self.node, format_txid(o.txid), src)
-                    self._on_decision(out, o.txid, o.revision)
-                elif o.kind is OutcomeKind.ABORTED:
-                    self.log.info("replica=%s txid=%s learned abort from %s", self.node, format_txid(o.txid), src)
-                    self._on_decision(out, o.txid, None)
+            self._on_resolve_reply(out, src, msg, now_ms)
+        elif isinstance(msg, LeaseGrant):
+            self._on_lease_grant(msg)
+        elif isinstance(msg, NotMember):
+            self._on_not_member(msg, now_ms)
+        elif isinstance(msg, JoinReady):
+            self._on_join_ready(out, msg, now_ms)
+        elif isinstance(msg, FetchReply):
+            self._on_fetch_reply(out, src, msg, now_ms)
         else:
             self.log.warning("replica=%s ignored unexpected %s from %s", self.node, type(msg).__name__, src)
+
+    def _vote_no(self, out: EffectsBuilder, src: NodeName, txid: TxId, err: Unavailable | Conflict) -> None:
+        out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
 
     def _on_prepare(
         self, out: EffectsBuilder, src: NodeName, msg: Prepare, reads: Mapping[str, KeyValue | None], now_ms: int
@@ -197,18 +254,30 @@ class Participant:
         if existing is not None:  # a duplicate: the same vote again
             out.send.append(Envelope(src, Vote(txid, True, existing.succeeded)))
             return
-        if txid in self._outcomes or txid <= self._forgotten_max:
-            done = self._outcomes.get(txid)
-            out.send.append(Envelope(src, Vote(txid, done is not None, False)))
+        if txid in self._outcomes:
+            if self._outcomes[txid] is None:
+                err = Unavailable(
+                    f"transaction {format_txid(txid)} was already aborted on {self.node} (its prepare came late); "
+                    "it was not applied; retry"
+                )
+                self._vote_no(out, src, txid, err)
+            return  # committed here: a late duplicate, the decision is made; nothing to say
+        if txid <= self._forgotten_max:
+            err = Unavailable(f"transaction {format_txid(txid)} is older than what {self.node} remembers; retry")
+            self._vote_no(out, src, txid, err)
+            return
+        if self.membership is Membership.OUTSIDE:
+            err = Unavailable(f"{self.node} is outside the view (catching up); retry")
+            self._vote_no(out, src, txid, err)
             return
         keys = msg.txn.keys()
         busy = sorted(k for k in keys if k in self._locks)
         if busy:
-            err = Conflict(
+            conflict = Conflict(
                 f"key {busy[0]!r} is locked on {self.node} by transaction {format_txid(self._locks[busy[0]])}; retry",
                 key=busy[0],
             )
-            out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
+            self._vote_no(out, src, txid, conflict)
             return
         try:
             msg.txn.validate(self.limits)
@@ -219,8 +288,8 @@ class Participant:
         if missing:
             raise Internal(f"prepare of {format_txid(txid)} stepped without reads of {missing}")
         succeeded, writes = msg.txn.evaluate(reads)
-        out.persist.append(PreparedRecord(txid, writes, succeeded, keys))
-        self._lock(_Prepared(txid, writes, succeeded, keys, now_ms))
+        out.persist.append(PreparedRecord(txid, writes, succeeded, keys, msg.participants))
+        self._lock(_Prepared(txid, writes, succeeded, keys, msg.participants, now_ms))
         out.send.append(Envelope(src, Vote(txid, True, succeeded)))
 
     def _on_decision(self, out: EffectsBuilder, txid: TxId, revision: int | None) -> None:
@@ -241,6 +310,10 @@ class Participant:
             return
         if revision <= self.applied_revision:
             if p is not None:
+                if self.membership is not Membership.MEMBER:
+                    # Catching up already applied this revision from a member's history.
+                    self._discard(out, p)
+                    return
                 raise Internal(
                     f"commit of {format_txid(txid)} at revision {revision}, but {self.node} already applied "
                     f"{self.applied_revision} without it"
@@ -252,9 +325,9 @@ class Participant:
         if p is None:
             if txid in self._outcomes and self._outcomes[txid] is None:
                 raise Internal(f"commit of {format_txid(txid)}, which {self.node} aborted or refused")
-            # Not prepared here: only possible if this replica lost its log. It must not guess.
-            self.log.error(
-                "replica=%s txid=%s commit at revision %d for a transaction never prepared here",
+            # Not prepared here: this replica left the view before it voted; catching up will bring it.
+            self.log.info(
+                "replica=%s txid=%s commit at revision %d of a transaction not prepared here (outside the view?)",
                 self.node,
                 format_txid(txid),
                 revision,
@@ -279,6 +352,28 @@ class Participant:
             self._remember(txid, revision)
             out.send.append(Envelope(self.coordinator, Ack(txid, revision)))
 
+    def _on_resolve_reply(self, out: EffectsBuilder, src: NodeName, msg: ResolveReply, now_ms: int) -> None:
+        trusted = self.membership is Membership.MEMBER or src != self.coordinator
+        for o in msg.outcomes:
+            p = self._prepared.get(o.txid)
+            if p is None or p.decided_revision is not None:
+                continue
+            if src == self.coordinator:
+                p.coordinator_answered_ms = now_ms
+            decided = o.kind in (OutcomeKind.COMMITTED, OutcomeKind.ABORTED)
+            if not decided:
+                continue
+            if self.membership is Membership.OUTSIDE:
+                # Outside the view: never apply or abort on an answer; catching up is authoritative.
+                self.log.info("replica=%s txid=%s decided elsewhere; discarded", self.node, format_txid(o.txid))
+                self._discard(out, p)
+            elif o.kind is OutcomeKind.COMMITTED:
+                self.log.info("replica=%s txid=%s learned commit from %s", self.node, format_txid(o.txid), src)
+                self._on_decision(out, o.txid, o.revision)
+            elif trusted:
+                self.log.info("replica=%s txid=%s learned abort from %s", self.node, format_txid(o.txid), src)
+                self._on_decision(out, o.txid, None)
+
     def _answer(self, out: EffectsBuilder, txid: TxId) -> Outcome:
         p = self._prepared.get(txid)
         if p is not None:
@@ -292,19 +387,113 @@ class Participant:
             return Outcome(txid, OutcomeKind.COMMITTED, revision)
         if txid <= self._forgotten_max:
             return Outcome(txid, OutcomeKind.UNKNOWN)
-        # Never saw it: refuse it for good, so the coordinator can never collect our yes.
+        # Never saw it, and we are one of its participants (only they are asked): refuse it for good,
+        # so the coordinator can never collect our yes.
         out.persist.append(AbortedRecord(txid))
         self._remember(txid, None)
         return Outcome(txid, OutcomeKind.ABORTED)
 
+    # -- membership, leases, rejoining -------------------------------------------------------------
+
+    def _on_lease_grant(self, msg: LeaseGrant) -> None:
+        if msg.view < self.view:
+            return
+        if self.membership is not Membership.MEMBER:
+            self.log.info("replica=%s is a member of view %d", self.node, msg.view)
+        self.view, self.members = msg.view, msg.members
+        self.membership = Membership.MEMBER
+        self._join_target = None
+        self._join_sent_ms = None
+        if msg.request_ms:
+            self.lease_until_ms = max(self.lease_until_ms, msg.request_ms + msg.lease_ms)
+
+    def _on_not_member(self, msg: NotMember, now_ms: int) -> None:
+        if msg.view < self.view:
+            return
+        if self.membership is not Membership.OUTSIDE:
+            self.log.warning(
+                "replica=%s is outside view %d (members %s); catching up", self.node, msg.view, msg.members
+            )
+            self.membership = Membership.OUTSIDE
+            self._level_with_peer = False
+            self._fetch_sent_ms = None
+        self.view, self.members = msg.view, msg.members
+        self.lease_until_ms = 0
+
+    def _on_join_ready(self, out: EffectsBuilder, msg: JoinReady, now_ms: int) -> None:
+        if self.membership is not Membership.OUTSIDE:
+            return
+        self._join_target = msg.revision
+        if msg.txid_high > self._forgotten_max:
+            out.persist.append(ForgottenRecord(msg.txid_high, drop_outcomes=True))
+            self._forgotten_max = msg.txid_high
+            for txid in [t for t in self._outcomes if t <= msg.txid_high]:
+                del self._outcomes[txid]
+        self._fetch_sent_ms = None
+        self._progress_rejoin(out, now_ms)
+
+    def _on_fetch_reply(self, out: EffectsBuilder, src: NodeName, msg: FetchReply, now_ms: int) -> None:
+        self._fetch_sent_ms = None
+        if msg.error is not None:
+            self.log.error("replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
+            return
+        if self._fetch_from != self.applied_revision + 1:
+            return  # an answer to an older request
+        self._level_with_peer = msg.complete
+        if msg.through_revision <= self.applied_revision:
+            self._progress_rejoin(out, now_ms)
+            return
+        revisions = tuple((r, w) for r, w in msg.revisions if r > self.applied_revision)
+        out.persist.append(CaughtUpRecord(revisions, msg.through_revision))
+        self.applied_revision = msg.through_revision
+        # Decisions waiting for order that catching up has now passed: their effect came from the peer.
+        for rev in [r for r in self._decided if r <= self.applied_revision]:
+            self._discard(out, self._prepared[self._decided.pop(rev)])
+        self._apply_in_order(out)
+        self._progress_rejoin(out, now_ms)
+
+    def _progress_rejoin(self, out: EffectsBuilder, now_ms: int) -> None:
+        """While outside: fetch until level with a member, then Join; once JoinReady, report CaughtUp."""
+        if self.membership is not Membership.OUTSIDE or not self.members:
+            return
+        target = self._join_target
+        behind = target is not None and self.applied_revision < target
+        if (target is None and not self._level_with_peer) or behind:
+            if self._fetch_sent_ms is None or now_ms - self._fetch_sent_ms >= self.timeouts.resolve_interval_ms:
+                peer = self.members[(self.applied_revision + now_ms) % len(self.members)]
+                self._fetch_from = self.applied_revision + 1
+                self._fetch_sent_ms = now_ms
+                out.send.append(Envelope(peer, FetchRequest(self._fetch_from)))
+            return
+        if self._prepared:
+            return  # transactions still in doubt from before: they resolve (and are discarded) first
+        if target is not None:
+            out.send.append(Envelope(self.coordinator, CaughtUp(self.applied_revision)))
+            self._join_target = None
+            self._join_sent_ms = now_ms
+            return
+        if self._join_sent_ms is None or now_ms - self._join_sent_ms >= self.timeouts.join_timeout_ms:
+            self._join_sent_ms = now_ms
+            self._level_with_peer = False  # fetch again before the next Join, should this one fail
+            out.send.append(Envelope(self.coordinator, Join(self.applied_revision)))
+
+    # -- timers --------------------------------------------------------------------------------
+
     def _on_tick(self, out: EffectsBuilder, now_ms: int) -> None:
+        if self.membership is Membership.MEMBER and now_ms >= self.lease_until_ms:
+            self.lease_until_ms = 0  # expired: reads wait for the next grant
+        if now_ms >= self._next_lease_request_ms:
+            self._next_lease_request_ms = now_ms + max(1, self.timeouts.read_lease_ms // 4)
+            out.send.append(Envelope(self.coordinator, LeaseRequest(now_ms, self.applied_revision)))
+        self._progress_rejoin(out, now_ms)
         due = [p for p in self._prepared.values() if p.decided_revision is None and now_ms >= self._ask_time(p)]
         if not due:
             return
         # Peers are asked only once the coordinator failed to answer our previous question: while it
-        # answers (even PENDING), a slow replica's prepare must not be refused by its peers.
+        # answers (even PENDING), a slow replica's prepare must not be refused by its peers. Only a
+        # transaction's own participants are asked.
         silent = [
-            p.txid
+            p
             for p in due
             if p.asked_at_ms is not None
             and (p.coordinator_answered_ms is None or p.coordinator_answered_ms < p.asked_at_ms)
@@ -312,9 +501,13 @@ class Participant:
         for p in due:
             p.asked_at_ms = now_ms
         out.send.append(Envelope(self.coordinator, ResolveRequest(tuple(sorted(p.txid for p in due)))))
-        if silent:
-            query = ResolveRequest(tuple(sorted(silent)))
-            out.send.extend(Envelope(peer, query) for peer in self.peers)
+        by_peer: dict[NodeName, list[TxId]] = {}
+        for p in silent:
+            for peer in p.participants or self.peers:
+                if peer != self.node:
+                    by_peer.setdefault(peer, []).append(p.txid)
+        for peer, txids in sorted(by_peer.items()):
+            out.send.append(Envelope(peer, ResolveRequest(tuple(sorted(txids)))))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -331,6 +524,15 @@ class Participant:
         for key in p.keys:
             self._locks[key] = p.txid
 
+    def _discard(self, out: EffectsBuilder, p: _Prepared) -> None:
+        """Drop an in-doubt record without an outcome, and mark the txid forgotten: asked about it
+        later, this replica must answer UNKNOWN, never refuse it (it did vote yes)."""
+        out.persist.append(DiscardedRecord(p.txid))
+        if p.txid > self._forgotten_max:
+            self._forgotten_max = p.txid
+            out.persist.append(ForgottenRecord(p.txid))
+        self._unlock(p)
+
     def _unlock(self, p: _Prepared) -> None:
         del self._prepared[p.txid]
         for key in p.keys:
@@ -345,4 +547,12 @@ class Participant:
 
     def _next_wake(self) -> int | None:
         times = [self._ask_time(p) for p in self._prepared.values() if p.decided_revision is None]
-        return min(times) if times else None
+        times.append(self._next_lease_request_ms)
+        if self.membership is Membership.MEMBER and self.lease_until_ms:
+            times.append(self.lease_until_ms)
+        if self.membership is Membership.OUTSIDE:
+            if self._fetch_sent_ms is not None:
+                times.append(self._fetch_sent_ms + self.timeouts.resolve_interval_ms)
+            if self._join_sent_ms is not None:
+                times.append(self._join_sent_ms + self.timeouts.join_timeout_ms)
+        return min(times)

@@ -13,9 +13,17 @@ from typing import Any
 from corral.core.messages import (
     Abort,
     Ack,
+    CaughtUp,
     Commit,
     ErrorInfo,
+    FetchReply,
+    FetchRequest,
+    Join,
+    JoinReady,
+    LeaseGrant,
+    LeaseRequest,
     Message,
+    NotMember,
     Outcome,
     OutcomeKind,
     Prepare,
@@ -121,9 +129,16 @@ def raise_if_error(m: pb.Error) -> None:
 # -- peer messages -----------------------------------------------------------------------------
 
 
+def revisions_to_pb(revisions: tuple[tuple[int, tuple[Write, ...]], ...]) -> list[pb.RevisionWrites]:
+    return [pb.RevisionWrites(revision=r, writes=[write_to_pb(w) for w in ws]) for r, ws in revisions]
+
+
 def message_to_pb(msg: Message) -> pb.PeerMessage:
+    """One core message as its protobuf form (every kind of `Message` has a field in PeerMessage)."""
     if isinstance(msg, Prepare):
-        return pb.PeerMessage(prepare=pb.Prepare(txid=msg.txid, txn=txn_to_pb(msg.txn)))
+        return pb.PeerMessage(
+            prepare=pb.Prepare(txid=msg.txid, txn=txn_to_pb(msg.txn), participants=list(msg.participants))
+        )
     if isinstance(msg, Commit):
         return pb.PeerMessage(commit=pb.Commit(txid=msg.txid, revision=msg.revision))
     if isinstance(msg, Abort):
@@ -137,14 +152,40 @@ def message_to_pb(msg: Message) -> pb.PeerMessage:
         return pb.PeerMessage(ack=pb.Ack(txid=msg.txid, revision=msg.revision))
     if isinstance(msg, ResolveRequest):
         return pb.PeerMessage(resolve_request=pb.ResolveRequest(txids=list(msg.txids)))
-    outcomes = [pb.Outcome(txid=o.txid, kind=int(o.kind), revision=o.revision) for o in msg.outcomes]  # type: ignore[arg-type]
-    return pb.PeerMessage(resolve_reply=pb.ResolveReply(outcomes=outcomes))
+    if isinstance(msg, ResolveReply):
+        outcomes = [pb.Outcome(txid=o.txid, kind=int(o.kind), revision=o.revision) for o in msg.outcomes]  # type: ignore[arg-type]
+        return pb.PeerMessage(resolve_reply=pb.ResolveReply(outcomes=outcomes))
+    if isinstance(msg, LeaseRequest):
+        return pb.PeerMessage(
+            lease_request=pb.LeaseRequest(request_ms=msg.request_ms, applied_revision=msg.applied_revision)
+        )
+    if isinstance(msg, LeaseGrant):
+        grant = pb.LeaseGrant(
+            view=msg.view, members=list(msg.members), lease_ms=msg.lease_ms, request_ms=msg.request_ms
+        )
+        return pb.PeerMessage(lease_grant=grant)
+    if isinstance(msg, NotMember):
+        return pb.PeerMessage(not_member=pb.NotMember(view=msg.view, members=list(msg.members)))
+    if isinstance(msg, Join):
+        return pb.PeerMessage(join=pb.Join(applied_revision=msg.applied_revision))
+    if isinstance(msg, JoinReady):
+        return pb.PeerMessage(join_ready=pb.JoinReady(revision=msg.revision, txid_high=msg.txid_high))
+    if isinstance(msg, CaughtUp):
+        return pb.PeerMessage(caught_up=pb.CaughtUp(applied_revision=msg.applied_revision))
+    if isinstance(msg, FetchRequest):
+        return pb.PeerMessage(fetch_request=pb.FetchRequest(from_revision=msg.from_revision))
+    reply = pb.FetchReply(
+        revisions=revisions_to_pb(msg.revisions), through_revision=msg.through_revision, complete=msg.complete
+    )
+    if msg.error is not None:
+        reply.error.CopyFrom(error_to_pb(msg.error))
+    return pb.PeerMessage(fetch_reply=reply)
 
 
 def message_from_pb(m: pb.PeerMessage) -> Message:
     which = m.WhichOneof("msg")
     if which == "prepare":
-        return Prepare(m.prepare.txid, txn_from_pb(m.prepare.txn))
+        return Prepare(m.prepare.txid, txn_from_pb(m.prepare.txn), tuple(m.prepare.participants))
     if which == "commit":
         return Commit(m.commit.txid, m.commit.revision)
     if which == "abort":
@@ -158,6 +199,26 @@ def message_from_pb(m: pb.PeerMessage) -> Message:
         return ResolveRequest(tuple(m.resolve_request.txids))
     if which == "resolve_reply":
         return ResolveReply(tuple(Outcome(o.txid, OutcomeKind(o.kind), o.revision) for o in m.resolve_reply.outcomes))
+    if which == "lease_request":
+        return LeaseRequest(m.lease_request.request_ms, m.lease_request.applied_revision)
+    if which == "lease_grant":
+        g = m.lease_grant
+        return LeaseGrant(g.view, tuple(g.members), g.lease_ms, g.request_ms)
+    if which == "not_member":
+        return NotMember(m.not_member.view, tuple(m.not_member.members))
+    if which == "join":
+        return Join(m.join.applied_revision)
+    if which == "join_ready":
+        return JoinReady(m.join_ready.revision, m.join_ready.txid_high)
+    if which == "caught_up":
+        return CaughtUp(m.caught_up.applied_revision)
+    if which == "fetch_request":
+        return FetchRequest(m.fetch_request.from_revision)
+    if which == "fetch_reply":
+        f = m.fetch_reply
+        revisions = tuple((r.revision, tuple(write_from_pb(w) for w in r.writes)) for r in f.revisions)
+        error = error_from_pb(f.error) if f.HasField("error") else None
+        return FetchReply(revisions, f.through_revision, f.complete, error)
     raise InvalidArgument("empty peer message")
 
 

@@ -349,18 +349,24 @@ class Prepare(_message.Message):
 
     TXID_FIELD_NUMBER: _builtins.int
     TXN_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
     txid: _builtins.int
     @_builtins.property
     def txn(self) -> Global___Txn: ...
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """fixed for the transaction's life"""
+
     def __init__(
         self,
         *,
         txid: _builtins.int = ...,
         txn: Global___Txn | None = ...,
+        participants: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["txn", b"txn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["txid", b"txid", "txn", b"txn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participants", b"participants", "txid", b"txid", "txn", b"txn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +558,216 @@ class ResolveReply(_message.Message):
 Global___ResolveReply: _TypeAlias = ResolveReply  # noqa: Y015
 
 @_typing.final
+class LeaseRequest(_message.Message):
+    """Views, read leases and rejoining (DESIGN.md "Failures")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_MS_FIELD_NUMBER: _builtins.int
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    request_ms: _builtins.int
+    """the replica's clock when it asked (echoed back)"""
+    applied_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_ms: _builtins.int = ...,
+        applied_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "request_ms", b"request_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRequest: _TypeAlias = LeaseRequest  # noqa: Y015
+
+@_typing.final
+class LeaseGrant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
+    REQUEST_MS_FIELD_NUMBER: _builtins.int
+    view: _builtins.int
+    lease_ms: _builtins.int
+    request_ms: _builtins.int
+    """0: a membership notice without a lease"""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        view: _builtins.int = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        lease_ms: _builtins.int = ...,
+        request_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "members", b"members", "request_ms", b"request_ms", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseGrant: _TypeAlias = LeaseGrant  # noqa: Y015
+
+@_typing.final
+class NotMember(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    view: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        view: _builtins.int = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotMember: _TypeAlias = NotMember  # noqa: Y015
+
+@_typing.final
+class Join(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    applied_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        applied_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Join: _TypeAlias = Join  # noqa: Y015
+
+@_typing.final
+class JoinReady(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    TXID_HIGH_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    txid_high: _builtins.int
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        txid_high: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "txid_high", b"txid_high"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinReady: _TypeAlias = JoinReady  # noqa: Y015
+
+@_typing.final
+class CaughtUp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    applied_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        applied_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaughtUp: _TypeAlias = CaughtUp  # noqa: Y015
+
+@_typing.final
+class FetchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_REVISION_FIELD_NUMBER: _builtins.int
+    from_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        from_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_revision", b"from_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchRequest: _TypeAlias = FetchRequest  # noqa: Y015
+
+@_typing.final
+class RevisionWrites(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Write]: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        writes: _abc.Iterable[Global___Write] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevisionWrites: _TypeAlias = RevisionWrites  # noqa: Y015
+
+@_typing.final
+class FetchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    THROUGH_REVISION_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    through_revision: _builtins.int
+    complete: _builtins.bool
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevisionWrites]: ...
+    @_builtins.property
+    def error(self) -> Global___Error: ...
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___RevisionWrites] | None = ...,
+        through_revision: _builtins.int = ...,
+        complete: _builtins.bool = ...,
+        error: Global___Error | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "error", b"error", "revisions", b"revisions", "through_revision", b"through_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchReply: _TypeAlias = FetchReply  # noqa: Y015
+
+@_typing.final
 class PeerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -562,6 +778,14 @@ class PeerMessage(_message.Message):
     ACK_FIELD_NUMBER: _builtins.int
     RESOLVE_REQUEST_FIELD_NUMBER: _builtins.int
     RESOLVE_REPLY_FIELD_NUMBER: _builtins.int
+    LEASE_REQUEST_FIELD_NUMBER: _builtins.int
+    LEASE_GRANT_FIELD_NUMBER: _builtins.int
+    NOT_MEMBER_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
+    JOIN_READY_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    FETCH_REQUEST_FIELD_NUMBER: _builtins.int
+    FETCH_REPLY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def prepare(self) -> Global___Prepare: ...
     @_builtins.property
@@ -576,6 +800,22 @@ class PeerMessage(_message.Message):
     def resolve_request(self) -> Global___ResolveRequest: ...
     @_builtins.property
     def resolve_reply(self) -> Global___ResolveReply: ...
+    @_builtins.property
+    def lease_request(self) -> Global___LeaseRequest: ...
+    @_builtins.property
+    def lease_grant(self) -> Global___LeaseGrant: ...
+    @_builtins.property
+    def not_member(self) -> Global___NotMember: ...
+    @_builtins.property
+    def join(self) -> Global___Join: ...
+    @_builtins.property
+    def join_ready(self) -> Global___JoinReady: ...
+    @_builtins.property
+    def caught_up(self) -> Global___CaughtUp: ...
+    @_builtins.property
+    def fetch_request(self) -> Global___FetchRequest: ...
+    @_builtins.property
+    def fetch_reply(self) -> Global___FetchReply: ...
     def __init__(
         self,
         *,
@@ -586,12 +826,20 @@ class PeerMessage(_message.Message):
         ack: Global___Ack | None = ...,
         resolve_request: Global___ResolveRequest | None = ...,
         resolve_reply: Global___ResolveReply | None = ...,
+        lease_request: Global___LeaseRequest | None = ...,
+        lease_grant: Global___LeaseGrant | None = ...,
+        not_member: Global___NotMember | None = ...,
+        join: Global___Join | None = ...,
+        join_ready: Global___JoinReady | None = ...,
+        caught_up: Global___CaughtUp | None = ...,
+        fetch_request: Global___FetchRequest | None = ...,
+        fetch_reply: Global___FetchReply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "commit", b"commit", "msg", b"msg", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "vote", b"vote"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "caught_up", b"caught_up", "commit", b"commit", "fetch_reply", b"fetch_reply", "fetch_request", b"fetch_request", "join", b"join", "join_ready", b"join_ready", "lease_grant", b"lease_grant", "lease_request", b"lease_request", "msg", b"msg", "not_member", b"not_member", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "vote", b"vote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "commit", b"commit", "msg", b"msg", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "vote", b"vote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "caught_up", b"caught_up", "commit", b"commit", "fetch_reply", b"fetch_reply", "fetch_request", b"fetch_request", "join", b"join", "join_ready", b"join_ready", "lease_grant", b"lease_grant", "lease_request", b"lease_request", "msg", b"msg", "not_member", b"not_member", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "vote", b"vote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["prepare", "commit", "abort", "vote", "ack", "resolve_request", "resolve_reply"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["prepare", "commit", "abort", "vote", "ack", "resolve_request", "resolve_reply", "lease_request", "lease_grant", "not_member", "join", "join_ready", "caught_up", "fetch_request", "fetch_reply"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -678,6 +926,11 @@ class StatusResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     LOCKED_KEYS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    VIEW_MEMBERS_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
+    LEASE_VALID_FIELD_NUMBER: _builtins.int
+    JOINING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     """coordinator | replica"""
@@ -693,9 +946,21 @@ class StatusResponse(_message.Message):
     uptime_s: _builtins.float
     locked_keys: _builtins.int
     """replica: keys locked by prepared transactions"""
+    view: _builtins.int
+    """the view number this node knows"""
+    membership: _builtins.str
+    """replica: member | outside | unknown"""
+    lease_valid: _builtins.bool
+    """replica: holds a read lease (serves linearizable reads)"""
+    joining: _builtins.str
+    """coordinator: the replica being added to the view, if any"""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
         """the cluster as this node knows it (the coordinator: every node)"""
+
+    @_builtins.property
+    def view_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the replicas in that view"""
 
     def __init__(
         self,
@@ -710,10 +975,15 @@ class StatusResponse(_message.Message):
         uptime_s: _builtins.float = ...,
         members: _abc.Iterable[Global___Member] | None = ...,
         locked_keys: _builtins.int = ...,
+        view: _builtins.int = ...,
+        view_members: _abc.Iterable[_builtins.str] | None = ...,
+        membership: _builtins.str = ...,
+        lease_valid: _builtins.bool = ...,
+        joining: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "epoch", b"epoch", "locked_keys", b"locked_keys", "members", b"members", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "epoch", b"epoch", "joining", b"joining", "lease_valid", b"lease_valid", "locked_keys", b"locked_keys", "members", b"members", "membership", b"membership", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s", "view", b"view", "view_members", b"view_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,6 +64,7 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             [r.name for r in config.replicas],
             self.decisions.load(),
             timeouts=config.timeouts,
+            min_replicas=config.min_replicas,
             logger=logging.getLogger("corral.core.coordinator"),
         )
         self.links = PeerLinks(
@@ -210,6 +211,9 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             prepared=self.core.in_flight,
             uptime_s=time.monotonic() - self.started_at,
             members=[pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()],
+            view=self.core.view,
+            view_members=list(self.core.members),
+            joining=self.core.joining or "",
         )
 
     async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:

@@ -21,9 +21,22 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from corral.config import COORDINATOR, ClusterConfig, NodeConfig
-from corral.core.messages import Abort, Commit, Envelope, Event, Message, Prepare, Received, Tick
-from corral.core.twopc_participant import Participant
+from corral.core.messages import (
+    Abort,
+    Commit,
+    Envelope,
+    ErrorInfo,
+    Event,
+    FetchReply,
+    FetchRequest,
+    Message,
+    Prepare,
+    Received,
+    Tick,
+)
+from corral.core.twopc_participant import Membership, Participant
 from corral.errors import CorralError, Internal, InvalidArgument, Unavailable
+from corral.limits import FETCH_BYTES_MAX, FETCH_REVISIONS_MAX
 from corral.model import validate_key, validate_prefix, validate_revision
 from corral.records import CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
@@ -36,6 +49,10 @@ from corral.store.durability import WalSync
 from corral.store.replica_log import ReplicaStorage
 
 log = logging.getLogger(__name__)
+
+# How long a read waits for a read lease that is about to be granted (a replica that just started,
+# or one between renewals); longer and a cut-off replica would hold reads before clients fail over.
+LEASE_WAIT_S = 0.3
 
 _STEP_FAILPOINT = {Prepare: "replica.on_prepare", Commit: "replica.on_commit", Abort: "replica.on_abort"}
 
@@ -94,6 +111,10 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             with self.storage.batch() as batch:
                 for event in events:
                     ev = event
+                    if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest):
+                        # History is served by the shell from the store; the core is not involved.
+                        sends.append(Envelope(ev.src, self._fetch(ev.msg)))
+                        continue
                     if isinstance(ev, Received):
                         name = _STEP_FAILPOINT.get(type(ev.msg))
                         if name:
@@ -133,6 +154,19 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
 
         self.releaser.release(ticket, act)
         return answer
+
+    def _fetch(self, req: FetchRequest) -> FetchReply:
+        """Committed revisions for a replica catching up; only a member's history is complete."""
+        if self.core.membership is not Membership.MEMBER:
+            err = Unavailable(f"{self.node.name} is not a member of the view; fetch from a member")
+            return FetchReply((), 0, False, ErrorInfo.of(err))
+        try:
+            revisions, through, complete = self.storage.fetch(
+                req.from_revision, revisions_max=FETCH_REVISIONS_MAX, bytes_max=FETCH_BYTES_MAX
+            )
+        except CorralError as err:
+            return FetchReply((), 0, False, ErrorInfo.of(err))
+        return FetchReply(revisions, through, complete)
 
     def _on_tick(self) -> None:
         self._process(None, [Tick()])
@@ -193,7 +227,9 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             raise InvalidArgument(f"limit is {request.limit}; use 0 (no limit) or a positive number", field="limit")
         limit = min(request.limit or self.config.limits.range_limit_max, self.config.limits.range_limit_max)
         if not request.serializable:
-            await self._wait_unlocked(locked, what, deadline_s(context, self.config.timeouts.request_timeout_ms))
+            timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
+            await self._wait_for_lease(min(timeout_s, LEASE_WAIT_S))
+            await self._wait_unlocked(locked, what, timeout_s)
         store = self.storage.store
         if request.prefix:
             kvs = store.range(request.key, revision=revision, limit=limit + 1)
@@ -203,6 +239,24 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             kv = store.get(request.key, revision=revision)
             kvs, more = ([kv] if kv else []), False
         return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in kvs], revision=revision or store.revision, more=more)
+
+    async def _wait_for_lease(self, timeout_s: float) -> None:
+        """A member between two grants (or just started) gets a moment to renew; otherwise fail fast,
+        so the client moves on to another replica."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.core.can_serve_linearizable(now_ms()):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.core.membership is Membership.OUTSIDE:
+                raise Unavailable(
+                    f"{self.node.name} holds no read lease ({self.core.membership.value}; it may be cut off from "
+                    "the coordinator or catching up); another replica can answer",
+                    replica=self.node.name,
+                )
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                continue
 
     async def _wait_unlocked(self, locked: Callable[[], bool], what: str, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -233,6 +287,10 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             uptime_s=time.monotonic() - self.started_at,
             members=[pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()],
             locked_keys=len(self.core.locked_keys()),
+            view=self.core.view,
+            view_members=list(self.core.members),
+            membership=self.core.membership.value,
+            lease_valid=self.core.can_serve_linearizable(now_ms()),
         )
 
     async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:

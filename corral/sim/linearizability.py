@@ -14,7 +14,9 @@ that). A candidate whose step on the register gives its recorded output is place
 (dancing links, so undoing is O(1)) and pushed on a stack; when no candidate fits, the last placement is undone
 and the next candidate after it tried. Lowe's memoisation prunes configurations already seen: a configuration
 is (set of placed operations as an int bitset, register state), and two orders reaching the same set and state
-have the same future. Configurations are recorded when the search leaves them, i.e. when proven dead.
+have the same future. Configurations are recorded when the search leaves them, i.e. when proven dead. A
+completed read that fits the state (a get of it, a cas that rightly failed) is placed at once and alone: it can
+be moved to the front of any linearization from there, so if it leads nowhere, nothing does.
 
 Unknown outcomes (`ret=None`, a client that timed out or crashed) may have taken effect at any instant after
 their call, or never. Porcupine gives them a return at +infinity and requires them to be linearized too, which
@@ -27,7 +29,8 @@ looks for linearizations in a canonical form, of which one exists whenever any l
 turns a linearization into a shorter or equally good one):
 - an unknown placement that leaves the state unchanged (a cas that fails, a put of the current value) is
   skipped, and so is any put or delete right after an unknown placement (it would overwrite it unobserved:
-  drop the earlier one);
+  drop the earlier one); hence an unknown put or delete is placed only when a completed candidate (directly,
+  or after unknown cas steps) fits the state it sets;
 - unknown operations with the same effect are interchangeable once called (none of them ever returns), so
   only the first unplaced one by call time is tried;
 - a dead configuration with placed unknown set U also kills the same configuration with any U' containing U:
@@ -156,7 +159,8 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
     kinds = [_KIND_CODES[op.kind] for _, op in ops]
     values = [op.value for _, op in ops]
     expects = [op.expected for _, op in ops]
-    outputs = [op.output for _, op in ops]
+    seen: list[State] = [None if isinstance(op.output, bool) else op.output for _, op in ops]  # what a get read
+    swapped = [op.output is True for _, op in ops]  # whether a completed cas swapped
     calls = [op.call for _, op in ops]
     rets = [op.ret for _, op in ops]
     is_known = [r is not None for r in rets]
@@ -183,6 +187,7 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
     pending = sorted((i for i in range(n) if not is_known[i]), key=lambda i: (calls[i], i))
     for a, b in zip([uhead, *pending], [*pending, utail], strict=True):
         unxt[a], uprv[b] = b, a
+    unknown_cas = [i for i in pending if kinds[i] == _CAS]
     # twins[u]: the unknown ops before u in that order with the same effect. Once called they stay available
     # to the end, so they are interchangeable and only the first unplaced one is tried.
     twins = [0] * n
@@ -217,8 +222,8 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
             fresh, x = False, nxt[head]
             while not x & 1:
                 i = x >> 1
-                if (kinds[i] == _GET and outputs[i] == state) or (
-                    kinds[i] == _CAS and outputs[i] is False and state != expects[i]
+                if (kinds[i] == _GET and seen[i] == state) or (
+                    kinds[i] == _CAS and not swapped[i] and state != expects[i]
                 ):
                     if _dominated(failed, known_bits | 1 << i, child_unknown, state):
                         dead_end = True
@@ -234,7 +239,7 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
             elif kind == _DELETE:
                 new, fits = None, True
             elif kind == _CAS and state == expects[i]:
-                new, fits = values[i], outputs[i] is True
+                new, fits = values[i], swapped[i]
             else:
                 fits = False  # a read: it would have been picked above
             # An unknown op overwritten before anything observes it is pointless: the sequence without it
@@ -251,15 +256,43 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
             first_ret = rets[e >> 1]
             assert first_ret is not None
             u = unxt[uhead] if u == -1 else u
+            # What an unknown put or delete must set for the next completed op to fit: a get's output or a
+            # swapping cas's expected value, or what an unknown cas turns into one (None: anything, as a cas
+            # that failed fits many states).
+            wanted: set[State] | None = set()
+            x = nxt[head]
+            while wanted is not None and x != e:
+                i = x >> 1
+                if kinds[i] == _GET:
+                    wanted.add(seen[i])
+                elif swapped[i]:
+                    wanted.add(expects[i])
+                elif kinds[i] == _CAS:
+                    wanted = None
+                x = nxt[x]
+            grown = wanted is not None
+            while wanted is not None and grown:
+                grown = False
+                for i in unknown_cas:
+                    if calls[i] > first_ret:
+                        break
+                    if not unknown_bits >> i & 1 and values[i] in wanted and expects[i] not in wanted:
+                        wanted.add(expects[i])
+                        grown = True
             while u != utail and calls[u] <= first_ret:
                 kind = kinds[u]
                 if kind == _PUT or (kind == _CAS and state == expects[u]):
                     new = values[u]
                 else:
                     new = None if kind == _DELETE else state
-                # Skip a placement that leaves the state as it is, overwrites an unobserved unknown op, or has
-                # an unplaced twin before it: in each case a sequence without it does as well (module docstring).
-                useless = new == state or (unknown_bits & after_unknown and kind != _CAS) or twins[u] & ~unknown_bits
+                # Skip a placement that leaves the state as it is, that nothing next could use, that overwrites
+                # an unobserved unknown op, or that has an unplaced twin before it: in each case a sequence
+                # without it does as well (module docstring).
+                useless = (
+                    new == state
+                    or (kind != _CAS and (unknown_bits & after_unknown or (wanted is not None and new not in wanted)))
+                    or twins[u] & ~unknown_bits
+                )
                 child_unknown = unknown_bits | 1 << u | after_unknown
                 if not useless and not _dominated(failed, known_bits, child_unknown, new):
                     pick = u
@@ -292,7 +325,7 @@ def _check_key(key: str, ops: Sequence[tuple[int, Operation]], deadline: float |
             dead[:] = [d for d in dead if d & unknown_bits != unknown_bits]  # now dominated by the new entry
             dead.append(unknown_bits)
             p = stack.pop()
-            read = is_known[p] and (kinds[p] == _GET or (kinds[p] == _CAS and outputs[p] is False))
+            read = is_known[p] and (kinds[p] == _GET or (kinds[p] == _CAS and not swapped[p]))
             state, unknown_bits = saved.pop()
             if is_known[p]:
                 c, r = 2 * p, 2 * p + 1

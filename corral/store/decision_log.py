@@ -14,7 +14,7 @@ from pathlib import Path
 
 from corral.errors import Internal
 from corral.limits import CLIENT_OUTCOMES_MAX
-from corral.records import CommitRecord, CoordinatorDisk, EndRecord, EpochRecord, Record
+from corral.records import CommitRecord, CoordinatorDisk, EndRecord, EpochRecord, Record, ViewRecord
 from corral.store.mvcc import open_connection
 
 _SCHEMA = """
@@ -29,6 +29,11 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_unended ON decisions (ended, revision);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0), ('last_revision', 0);
+CREATE TABLE IF NOT EXISTS view (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    number INTEGER NOT NULL,
+    members TEXT NOT NULL        -- replica names, comma-separated, in configuration order
+);
 """
 
 _COLUMNS = "txid, revision, client_id, seq, succeeded"
@@ -68,7 +73,9 @@ class DecisionLog:
                 f"SELECT {_COLUMNS} FROM decisions ORDER BY revision DESC LIMIT ?", (self._remembered_max,)
             )
         )[::-1]
-        return CoordinatorDisk(int(meta["epoch"]), int(meta["last_revision"]), unended, remembered)
+        row = self._db.execute("SELECT number, members FROM view WHERE id = 1").fetchone()
+        view, members = (int(row[0]), tuple(m for m in row[1].split(",") if m)) if row else (0, ())
+        return CoordinatorDisk(int(meta["epoch"]), int(meta["last_revision"]), unended, remembered, view, members)
 
     def write(self, forced: Sequence[Record], lazy: Sequence[Record] = ()) -> None:
         """Make `forced` durable now (with any lazy records pending); keep `lazy` for later."""
@@ -90,6 +97,11 @@ class DecisionLog:
                     db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'last_revision'", (rec.revision,))
                 elif isinstance(rec, EpochRecord):
                     db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (rec.epoch,))
+                elif isinstance(rec, ViewRecord):
+                    db.execute(
+                        "INSERT OR REPLACE INTO view (id, number, members) VALUES (1, ?, ?)",
+                        (rec.view, ",".join(rec.members)),
+                    )
                 elif isinstance(rec, EndRecord):
                     self._lazy.append(rec)
                 else:

@@ -17,10 +17,13 @@ from pathlib import Path
 
 from corral.errors import Internal
 from corral.limits import DEFAULT_LIMITS, OUTCOMES_REMEMBERED_MAX, Limits
-from corral.model import KeyValue
+from corral.model import Delete, EventKind, KeyValue, Put, Write
 from corral.records import (
     AbortedRecord,
+    CaughtUpRecord,
     CommittedRecord,
+    DiscardedRecord,
+    ForgottenRecord,
     ParticipantDisk,
     PreparedRecord,
     Record,
@@ -33,7 +36,8 @@ CREATE TABLE IF NOT EXISTS prepared (
     txid INTEGER PRIMARY KEY,
     succeeded INTEGER NOT NULL,
     keys BLOB NOT NULL,
-    writes BLOB NOT NULL
+    writes BLOB NOT NULL,
+    participants BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,8 +64,14 @@ class ReplicaBatch:
         for rec in records:
             if isinstance(rec, PreparedRecord):
                 db.execute(
-                    "INSERT INTO prepared (txid, succeeded, keys, writes) VALUES (?, ?, ?, ?)",
-                    (rec.txid, int(rec.succeeded), encode_keys(rec.keys), encode_writes(rec.writes)),
+                    "INSERT INTO prepared (txid, succeeded, keys, writes, participants) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        rec.txid,
+                        int(rec.succeeded),
+                        encode_keys(rec.keys),
+                        encode_writes(rec.writes),
+                        encode_keys(rec.participants),
+                    ),
                 )
             elif isinstance(rec, CommittedRecord):
                 if rec.revision != self._tx.revision + 1:
@@ -72,6 +82,18 @@ class ReplicaBatch:
             elif isinstance(rec, AbortedRecord):
                 db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
                 db.execute("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, NULL)", (rec.txid,))
+            elif isinstance(rec, DiscardedRecord):
+                db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
+            elif isinstance(rec, CaughtUpRecord):
+                for revision, writes in rec.revisions:
+                    if revision > self._tx.revision:
+                        self._tx.apply(writes, revision=revision)
+                if rec.through_revision > self._tx.revision:
+                    self._tx.advance_to(rec.through_revision)
+            elif isinstance(rec, ForgottenRecord):
+                db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'forgotten_max_txid'", (rec.txid,))
+                if rec.drop_outcomes:
+                    db.execute("DELETE FROM outcomes WHERE txid <= ?", (rec.txid,))
             else:
                 raise Internal(f"a replica cannot persist {type(rec).__name__}")
             self._storage._writes_since_trim += 1
@@ -100,13 +122,44 @@ class ReplicaStorage:
     def revision(self) -> int:
         return self.store.revision
 
+    def fetch(
+        self, from_revision: int, *, revisions_max: int, bytes_max: int
+    ) -> tuple[tuple[tuple[int, tuple[Write, ...]], ...], int, bool]:
+        """Committed history for a replica catching up: (revisions with their writes, the revision the
+        answer is complete through, whether that is this store's newest). Bounded in count and bytes;
+        cut only at a revision boundary.
+
+        Raises:
+            Compacted: the history from `from_revision` is gone.
+        """
+        store = self.store
+        start = max(1, from_revision)
+        end = min(store.revision, start + revisions_max - 1)
+        if start > end:
+            return (), store.revision, True
+        out: list[tuple[int, list[Write]]] = []
+        size = 0
+        for event in store.changes(start, end_revision=end):
+            rev = event.kv.mod_revision
+            if not out or out[-1][0] != rev:
+                if size > bytes_max:
+                    end = out[-1][0]
+                    break
+                out.append((rev, []))
+            kv = event.kv
+            out[-1][1].append(Put(kv.key, kv.value, kv.lease) if event.kind is EventKind.PUT else Delete(kv.key))
+            size += len(kv.key) + len(kv.value)
+        return tuple((r, tuple(ws)) for r, ws in out), end, end == store.revision
+
     def load(self) -> ParticipantDisk:
         """The participant's start state: applied revision, prepared transactions, recent outcomes."""
         db = self.store.connection
         prepared = tuple(
-            PreparedRecord(txid, decode_writes(writes), bool(succeeded), decode_keys(keys))
-            for txid, succeeded, keys, writes in db.execute(
-                "SELECT txid, succeeded, keys, writes FROM prepared ORDER BY txid"
+            PreparedRecord(
+                txid, decode_writes(writes), bool(succeeded), decode_keys(keys), tuple(sorted(decode_keys(parts)))
+            )
+            for txid, succeeded, keys, writes, parts in db.execute(
+                "SELECT txid, succeeded, keys, writes, participants FROM prepared ORDER BY txid"
             )
         )
         outcomes = tuple(

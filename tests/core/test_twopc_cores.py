@@ -18,6 +18,7 @@ from corral.core.messages import (
     Effects,
     Envelope,
     ErrorInfo,
+    LeaseGrant,
     Outcome,
     OutcomeKind,
     Prepare,
@@ -42,6 +43,7 @@ from corral.records import (
     EpochRecord,
     ParticipantDisk,
     PreparedRecord,
+    ViewRecord,
     make_txid,
 )
 
@@ -211,7 +213,7 @@ def test_coordinator_restart_rebuilds_retry_memory_and_resends_unended_commits()
     log = [EpochRecord(1), CommitRecord(5, 1, "cl", 3, True)]
     coord = Coordinator("c", NODES, CoordinatorDisk.from_records(log), timeouts=T)
     eff = coord.start(0)
-    assert eff.persist == (EpochRecord(2),)
+    assert eff.persist == (EpochRecord(2), ViewRecord(1, NODES))  # a log from before views: all are members
     assert [(e.dst, e.msg) for e in eff.send] == [(n, Commit(5, 1)) for n in NODES]
     eff = coord.step(ClientTxn(9, "cl", 3, put("x", b"y"), 1000), 0)
     assert eff.reply[0].result == TxnResult(1, True) and not eff.send
@@ -230,15 +232,15 @@ def test_presumed_abort_after_coordinator_restart() -> None:
 def test_participant_recovers_in_doubt_and_asks_everyone() -> None:
     """Participant recovery: PREPARED without outcome -> locks re-taken; the coordinator is asked, and
     once it leaves a question unanswered, the peers too (cooperative termination)."""
-    rec = PreparedRecord(42, (Put("k", b"v"),), True, frozenset({"k"}))
+    rec = PreparedRecord(42, (Put("k", b"v"),), True, frozenset({"k"}), NODES)
     p = Participant("r1", "c", NODES, ParticipantDisk(prepared=(rec,)), now_ms=0, timeouts=T)
     assert p.is_locked("k")
-    assert p.step(Tick(), 1).send == ()
+    assert _queries(p.step(Tick(), 1)) == []
     eff = p.step(Tick(), T.resolve_after_ms)
-    assert [(e.dst, e.msg) for e in eff.send] == [("c", ResolveRequest((42,)))]
+    assert _queries(eff) == [("c", ResolveRequest((42,)))]
     eff = p.step(Tick(), T.resolve_after_ms + T.resolve_interval_ms)  # the coordinator never answered
-    assert sorted(e.dst for e in eff.send) == ["c", "r2", "r3"]
-    assert all(e.msg == ResolveRequest((42,)) for e in eff.send)
+    assert sorted(dst for dst, _ in _queries(eff)) == ["c", "r2", "r3"]
+    assert all(msg == ResolveRequest((42,)) for _, msg in _queries(eff))
     # A peer that committed it tells us; we apply at that revision.
     eff = p.step(Received("r2", ResolveReply((_outcome(42, OutcomeKind.COMMITTED, 1),))), 70)
     assert eff.persist == (CommittedRecord(42, 1, (Put("k", b"v"),)),)
@@ -249,12 +251,12 @@ def test_a_coordinator_that_answers_keeps_peers_out() -> None:
     """A slow prepare elsewhere must not be refused by peers while the coordinator answers PENDING
     (found by an integration test: peers refusing a delayed prepare aborted healthy writes)."""
     p = Participant("r1", "c", NODES, ParticipantDisk(), timeouts=T)
-    p.step(Received("c", Prepare(7, put("k", b"v")), {}), 0)
+    p.step(Received("c", Prepare(7, put("k", b"v"), NODES), {}), 0)
     now = 0
     for _ in range(5):
         now += T.resolve_interval_ms
         eff = p.step(Tick(), now)
-        assert [e.dst for e in eff.send] == ["c"]
+        assert [dst for dst, _ in _queries(eff)] == ["c"]
         p.step(Received("c", ResolveReply((_outcome(7, OutcomeKind.PENDING),))), now + 1)
 
 
@@ -274,7 +276,9 @@ def test_peer_that_never_saw_a_transaction_refuses_it_durably() -> None:
     assert eff.persist == (AbortedRecord(77),)
     assert eff.send[0].msg == ResolveReply((_outcome(77, OutcomeKind.ABORTED),))
     eff = p.step(Received("c", Prepare(77, put("k", b"v")), {}), 1)
-    assert eff.send[0].msg == Vote(77, False, False) and not p.is_locked("k")
+    vote = eff.send[0].msg
+    assert isinstance(vote, Vote) and not vote.yes and not p.is_locked("k")
+    assert vote.reason is not None and "already aborted" in vote.reason.message  # a reason, not a bare no
 
 
 def test_commits_apply_in_revision_order() -> None:
@@ -301,6 +305,7 @@ def test_locked_key_gets_a_no_vote() -> None:
 def test_core_refuses_input_after_an_internal_error() -> None:
     """After an internal error a core refuses more input (h11's ERROR state)."""
     p = Participant("r1", "c", NODES, ParticipantDisk(), timeouts=T)
+    p.step(Received("c", LeaseGrant(1, NODES, 1000, 0)), 0)  # a member: an impossible commit is a bug
     p.step(Received("c", Prepare(1, put("a", b"1")), {}), 0)
     p.step(Received("c", Commit(1, 1)), 0)
     with pytest.raises(Exception, match="already applied"):
@@ -326,6 +331,11 @@ def test_stale_abort_after_end_does_not_overwrite_a_commit() -> None:
     assert [e.msg for e in eff.send] == [Ack(txid, 1)]
     eff = w.parts["r1"].step(Received("r2", ResolveRequest((txid,))), 0)
     assert eff.send[0].msg == ResolveReply((_outcome(txid, OutcomeKind.COMMITTED, 1),))
+
+
+def _queries(eff: Effects) -> list[tuple[str, object]]:
+    """The resolve queries among a step's sends (ticks also renew the read lease)."""
+    return [(e.dst, e.msg) for e in eff.send if isinstance(e.msg, ResolveRequest)]
 
 
 def _outcome(txid: int, kind: OutcomeKind, revision: int = 0) -> Outcome:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from corral.cli.cluster import start_node
+from corral.cli.cluster import healthy, start_node
 from corral.client import Client, NodeStatus
 from corral.config import ClusterConfig, new_cluster
 from corral.limits import Timeouts
@@ -78,9 +78,12 @@ class LocalCluster:
             self.wait_up(*names)
 
     def wait_up(self, *names: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait until the nodes answer and (replicas) serve reads: members of the view with a lease."""
         with self.client(timeout=2) as c:
             wait_until(
-                lambda: all(s.up for s in c.status(timeout=1.0) if s.name in names), timeout_s, f"{names} to answer"
+                lambda: all(healthy(s) for s in c.status(timeout=1.0) if s.name in names),
+                timeout_s,
+                f"{names} to be healthy",
             )
 
     def kill(self, *names: str) -> None:

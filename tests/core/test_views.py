@@ -1,0 +1,245 @@
+"""Views, read leases and rejoining in the 2PC cores (DESIGN.md "Failures"; the core docstrings' rules)."""
+
+from __future__ import annotations
+
+from corral.core.messages import (
+    CaughtUp,
+    ClientTxn,
+    Commit,
+    Effects,
+    ErrorInfo,
+    FetchReply,
+    FetchRequest,
+    Join,
+    JoinReady,
+    LeaseGrant,
+    LeaseRequest,
+    NotMember,
+    Outcome,
+    OutcomeKind,
+    Prepare,
+    Received,
+    ResolveReply,
+    ResolveRequest,
+    Tick,
+    TxnResult,
+    TxnSpec,
+    Vote,
+)
+from corral.core.twopc_coordinator import Coordinator
+from corral.core.twopc_participant import Membership, Participant
+from corral.limits import LEASE_DRIFT_FRACTION, LEASE_DRIFT_MS, Timeouts
+from corral.model import Put
+from corral.records import (
+    CaughtUpRecord,
+    CoordinatorDisk,
+    DiscardedRecord,
+    ForgottenRecord,
+    ParticipantDisk,
+    PreparedRecord,
+    ViewRecord,
+)
+
+NODES = ("r1", "r2", "r3")
+T = Timeouts(
+    prepare_timeout_ms=100,
+    commit_retry_ms=50,
+    resolve_after_ms=30,
+    resolve_interval_ms=30,
+    read_lease_ms=1000,
+    join_timeout_ms=500,
+)
+EXPIRY = T.read_lease_ms + int(T.read_lease_ms * LEASE_DRIFT_FRACTION) + LEASE_DRIFT_MS
+
+
+def put(key: str, value: bytes = b"v") -> TxnSpec:
+    return TxnSpec(on_success=(Put(key, value),))
+
+
+def started(min_replicas: int = 2) -> Coordinator:
+    c = Coordinator("c", NODES, CoordinatorDisk(), timeouts=T, min_replicas=min_replicas)
+    c.start(0)
+    return c
+
+
+def renew(c: Coordinator, now: int, *members: str) -> None:
+    for m in members:
+        c.step(Received(m, LeaseRequest(now, 0)), now)
+
+
+def prepares_to(eff: Effects) -> list[str]:
+    return sorted(e.dst for e in eff.send if isinstance(e.msg, Prepare))
+
+
+def test_silent_member_is_dropped_only_after_its_lease_surely_expired() -> None:
+    """A replica is dropped from the view only after its read lease has expired (with drift margin)."""
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    renew(c, 900, "r1", "r2")  # r3 goes silent after the grant at 0
+    assert c.step(Tick(), EXPIRY - 1).persist == ()
+    assert c.members == NODES
+    eff = c.step(Tick(), EXPIRY)
+    assert eff.persist == (ViewRecord(2, ("r1", "r2")),)
+    eff = c.step(ClientTxn(1, "cl", 1, put("k"), 10_000), EXPIRY + 1)
+    assert prepares_to(eff) == ["r1", "r2"]  # new transactions no longer wait for r3
+    # A lease request from the dropped replica is answered: you are outside, catch up.
+    eff = c.step(Received("r3", LeaseRequest(5, 0)), EXPIRY + 2)
+    assert eff.send[0].msg == NotMember(2, ("r1", "r2"))
+
+
+def test_view_never_shrinks_below_min_replicas() -> None:
+    """With min_replicas=2, losing 2 of 3 replicas stops writes instead of shrinking to one copy."""
+    c = started(min_replicas=2)
+    renew(c, 0, "r1", "r2", "r3")
+    c.step(Tick(), EXPIRY)
+    assert len(c.members) == 2  # one dropped
+    later = EXPIRY * 3
+    c.step(Tick(), later)
+    assert len(c.members) == 2  # not below the minimum
+    eff = c.step(ClientTxn(1, "cl", 1, put("k"), later + 50), later)
+    assert prepares_to(eff) == sorted(c.members)
+    eff = c.step(Tick(), later + T.prepare_timeout_ms)
+    result = eff.reply[0].result
+    assert isinstance(result, ErrorInfo) and result.code == "unavailable"
+
+
+def test_participants_are_fixed_when_a_transaction_starts() -> None:
+    """A view change does not shrink a pending transaction's participants: it still needs r3's vote."""
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    now = EXPIRY - 10
+    c.step(ClientTxn(1, "cl", 1, put("k"), now + 10_000), now)  # participants r1, r2, r3
+    renew(c, now, "r1", "r2")
+    c.step(Tick(), EXPIRY)  # r3 dropped
+    assert c.members == ("r1", "r2")
+    txid = next(iter(c._pending))
+    for r in ("r1", "r2"):
+        eff = c.step(Received(r, Vote(txid, True, True)), EXPIRY + 1)
+    assert eff.reply == () and c.in_flight == 1  # still waiting for r3
+    eff = c.step(Tick(), now + T.prepare_timeout_ms)
+    assert isinstance(eff.reply[0].result, ErrorInfo) and "r3" in eff.reply[0].result.message
+
+
+def test_join_holds_new_transactions_until_the_joiner_is_in_the_view() -> None:
+    """Rejoin: writes are held while the joiner fetches the last revisions; then it prepares everything."""
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    renew(c, 900, "r1", "r2")
+    c.step(Tick(), EXPIRY)  # r3 out
+    now = EXPIRY + 10
+    eff = c.step(Received("r3", Join(0)), now)
+    assert c.joining == "r3"
+    assert [e.msg for e in eff.send] == [JoinReady(0, c.epoch << 40)]  # nothing in flight: ready at once
+    eff = c.step(ClientTxn(1, "cl", 1, put("k"), now + 5000), now + 1)
+    assert eff.send == () and eff.reply == ()  # held
+    eff = c.step(Received("r3", CaughtUp(0)), now + 2)
+    assert ViewRecord(3, NODES) in eff.persist
+    assert prepares_to(eff) == list(NODES)  # the held transaction, now with r3
+    assert any(isinstance(e.msg, LeaseGrant) and e.dst == "r3" for e in eff.send)
+    assert c.joining is None
+
+
+def test_join_waits_for_in_flight_transactions_and_times_out() -> None:
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    renew(c, 900, "r1", "r2")
+    c.step(Tick(), EXPIRY)
+    now = EXPIRY + 10
+    c.step(ClientTxn(1, "cl", 1, put("k"), now + 5000), now)  # in flight on r1, r2
+    eff = c.step(Received("r3", Join(0)), now + 1)
+    assert not any(isinstance(e.msg, JoinReady) for e in eff.send)  # not while a transaction is pending
+    txid = next(iter(c._pending))
+    c.step(Received("r1", Vote(txid, True, True)), now + 2)
+    eff = c.step(Received("r2", Vote(txid, True, True)), now + 3)
+    assert eff.reply[0].result == TxnResult(1, True)
+    assert not any(isinstance(e.msg, JoinReady) for e in eff.send)  # commit not yet acknowledged
+    eff = c.step(Tick(), now + 1 + T.join_timeout_ms)
+    assert c.joining is None  # gave up; r3 will ask again
+
+
+def test_read_lease_counts_from_the_request_and_ends_with_membership() -> None:
+    """A lease counts from the request (before the grant); only a member with a live lease reads."""
+    p = Participant("r1", "c", NODES, ParticipantDisk(), timeouts=T)
+    assert not p.can_serve_linearizable(0)
+    eff = p.step(Tick(), 100)
+    (req,) = [e.msg for e in eff.send if isinstance(e.msg, LeaseRequest)]
+    p.step(Received("c", LeaseGrant(1, NODES, T.read_lease_ms, req.request_ms)), 150)
+    assert p.can_serve_linearizable(150)
+    assert p.can_serve_linearizable(100 + T.read_lease_ms - 1)
+    assert not p.can_serve_linearizable(100 + T.read_lease_ms)
+    p.step(Received("c", NotMember(2, ("r2", "r3"))), 200)
+    assert p.membership is Membership.OUTSIDE and not p.can_serve_linearizable(201)
+
+
+def test_outside_replica_catches_up_then_joins() -> None:
+    """Rejoin from the participant's side: fetch until level, Join, fetch to the target, CaughtUp."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    eff = p.step(Tick(), 1)
+    fetches = [e for e in eff.send if isinstance(e.msg, FetchRequest)]
+    assert len(fetches) == 1 and fetches[0].dst in ("r1", "r2") and fetches[0].msg == FetchRequest(3)
+    eff = p.step(Received(fetches[0].dst, FetchReply(((3, (Put("a", b"1"),)),), 5, True)), 2)
+    assert eff.persist == (CaughtUpRecord(((3, (Put("a", b"1"),)),), 5),)
+    assert p.applied_revision == 5
+    assert [e.msg for e in eff.send] == [Join(5)]
+    eff = p.step(Received("c", JoinReady(6, 99)), 3)
+    assert ForgottenRecord(99, drop_outcomes=True) in eff.persist  # older may have happened without us
+    assert [e.msg for e in eff.send] == [FetchRequest(6)]
+    eff = p.step(Received("r1", FetchReply(((6, (Put("b", b"2"),)),), 6, True)), 4)
+    assert [e.msg for e in eff.send] == [CaughtUp(6)]
+    p.step(Received("c", LeaseGrant(3, NODES, T.read_lease_ms, 0)), 5)
+    assert p.membership is Membership.MEMBER and not p.can_serve_linearizable(5)  # no lease asked yet
+
+
+def test_outside_replica_discards_what_it_held_in_doubt() -> None:
+    """Outside the view, a decided answer is never applied or aborted on: the record is discarded and
+    catching up brings the effect (the coordinator's ABORTED may be presumed)."""
+    rec = PreparedRecord(42, (Put("k", b"v"),), True, frozenset({"k"}), NODES)
+    p = Participant("r3", "c", NODES, ParticipantDisk(prepared=(rec,)), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    eff = p.step(Received("c", ResolveReply((Outcome(42, OutcomeKind.ABORTED),))), 1)
+    assert eff.persist == (DiscardedRecord(42), ForgottenRecord(42)) and not p.is_locked("k")
+    # It voted yes once: asked about it later, it must not refuse it (which would answer ABORTED for
+    # a transaction that may have committed), only say it does not know.
+    eff = p.step(Received("r1", ResolveRequest((42,))), 2)
+    assert eff.send[0].msg == ResolveReply((Outcome(42, OutcomeKind.UNKNOWN),)) and eff.persist == ()
+
+
+def test_unknown_membership_does_not_trust_a_presumed_abort() -> None:
+    """After a restart (membership unknown) the coordinator's ABORTED is not acted on; a peer's is."""
+    rec = PreparedRecord(42, (Put("k", b"v"),), True, frozenset({"k"}), NODES)
+    p = Participant("r3", "c", NODES, ParticipantDisk(prepared=(rec,)), timeouts=T)
+    eff = p.step(Received("c", ResolveReply((Outcome(42, OutcomeKind.ABORTED),))), 1)
+    assert eff.persist == () and p.is_locked("k")
+    eff = p.step(Received("r1", ResolveReply((Outcome(42, OutcomeKind.ABORTED),))), 2)
+    assert eff.persist and not p.is_locked("k")
+
+
+def test_resolve_queries_go_only_to_the_transactions_participants() -> None:
+    """Only a transaction's participants may refuse it, so only they are asked."""
+    p = Participant("r1", "c", ("r1", "r2", "r3", "r4"), ParticipantDisk(), timeouts=T)
+    p.step(Received("c", Prepare(7, put("k"), ("r1", "r2")), {}), 0)
+    p.step(Tick(), T.resolve_after_ms)
+    eff = p.step(Tick(), T.resolve_after_ms + T.resolve_interval_ms)
+    asked = sorted(e.dst for e in eff.send if isinstance(e.msg, ResolveRequest))
+    assert asked == ["c", "r2"]
+
+
+def test_commit_to_a_replica_that_left_does_not_hold_up_end() -> None:
+    """A participant dropped from the view no longer holds up END (it rejoins by catching up)."""
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    now = EXPIRY - 10
+    c.step(ClientTxn(1, "cl", 1, put("k"), now + 10_000), now)
+    txid = next(iter(c._pending))
+    for r in NODES:
+        c.step(Received(r, Vote(txid, True, True)), now)
+    renew(c, now, "r1", "r2")
+    from corral.core.messages import Ack
+
+    c.step(Received("r1", Ack(txid, 1)), now + 1)
+    c.step(Received("r2", Ack(txid, 1)), now + 2)
+    assert c.unended == 1  # waiting for r3
+    eff = c.step(Tick(), EXPIRY)
+    assert c.unended == 0 and eff.persist_lazy  # END once r3 left the view
+    assert not any(isinstance(e.msg, Commit) and e.dst == "r3" for e in c.step(Tick(), EXPIRY + 500).send)
