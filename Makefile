@@ -33,6 +33,11 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/store_bench.py
 	$(BIN)/python benchmarks/snapshot_bench.py
+	$(BIN)/python benchmarks/kv_bench.py
+
+# The nemesis (kill -9, SIGSTOP, restarts under 8 client processes) for as long as asked.
+soak: $(STAMP)
+	CORRAL_SOAK_SECONDS=$$(( $(MINUTES) * 60 )) $(BIN)/pytest -s tests/integration/test_nemesis.py -k linearizable
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -23,7 +23,9 @@ Step names used by the services (`<dst>`/`<src>` is a node name):
 - replica: `replica.recv[.<src>]` (a batch arrives; drop/error fail the whole RPC);
   `replica.on_prepare`, `replica.on_commit`, `replica.on_abort` (before stepping that message);
   `replica.after_prepare_log`, `replica.after_commit_apply` (batch fsynced, reply not sent yet);
-  `replica.read` (a client read arrives).
+  `replica.read` (a client read arrives); `replica.read.skip_lock_wait=drop` makes linearizable reads
+  skip waiting for prepared keys: a deliberately broken mode the nemesis test uses to show that its
+  checker catches stale reads.
 """
 
 from __future__ import annotations

@@ -229,7 +229,11 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
         if not request.serializable:
             timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
             await self._wait_for_lease(min(timeout_s, LEASE_WAIT_S))
-            await self._wait_unlocked(locked, what, timeout_s)
+            # Test-only: a deliberately broken read that ignores prepared keys, to show the
+            # linearizability checker catches it (tests/integration/test_nemesis.py).
+            broken = self.faults.hit("replica.read.skip_lock_wait")
+            if broken is None or broken.kind != "drop":
+                await self._wait_unlocked(locked, what, timeout_s)
         store = self.storage.store
         if request.prefix:
             kvs = store.range(request.key, revision=revision, limit=limit + 1)
