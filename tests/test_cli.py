@@ -25,6 +25,8 @@ def test_demo_runs_and_tells_the_story() -> None:
     assert "fetch_state(1, 0) -> 4" in out.stdout
     assert "Compacted" in out.stdout
     assert "nothing was written" in out.stdout
+    assert "kill -9 replica-2: the next write committed" in out.stdout
+    assert "digests agree again" in out.stdout and "linearizable read of /jobs/0 -> 'running'" in out.stdout
 
 
 def test_unknown_command_is_a_usage_error() -> None:

@@ -105,7 +105,9 @@ _KIND_CODES = {OpKind.PUT: _PUT, OpKind.GET: _GET, OpKind.DELETE: _DELETE, OpKin
 
 
 def check(history: Iterable[Operation], *, time_budget_s: float | None = None) -> CheckResult:
-    """Decide whether `history` is linearizable, key by key, within `time_budget_s` seconds if given.
+    """Decide whether `history` is linearizable, key by key (in sorted order), within `time_budget_s` if given.
+
+    A violation proven in one key wins over a timeout in another: `timed_out` is set only when no key failed.
 
     Raises:
         InvalidArgument: an operation is malformed (unknown kind, ret before call, a put without a value,
@@ -132,17 +134,20 @@ def check(history: Iterable[Operation], *, time_budget_s: float | None = None) -
 
 
 def _validate(index: int, op: Operation) -> None:
-    where = f"history[{index}] ({op.kind} of key {op.key!r} by client {op.client!r})"
+    problem, field = "", ""
     if op.kind not in _KIND_CODES:
-        raise InvalidArgument(f"{where}: kind is {op.kind!r}; expected one of put, get, delete, cas", field="kind")
-    if op.ret is not None and op.ret < op.call:
-        raise InvalidArgument(f"{where}: ret is {op.ret}, before call {op.call}; swap them?", field="ret")
-    if op.kind == OpKind.PUT and op.value is None:
-        raise InvalidArgument(f"{where}: a put needs a value; record a delete instead", field="value")
-    if op.ret is not None and op.kind == OpKind.GET and isinstance(op.output, bool):
-        raise InvalidArgument(f"{where}: a get's output is bytes or None, got {op.output!r}", field="output")
-    if op.ret is not None and op.kind == OpKind.CAS and not isinstance(op.output, bool):
-        raise InvalidArgument(f"{where}: a completed cas's output is True or False, got {op.output!r}", field="output")
+        problem, field = f"kind is {op.kind!r}; expected one of put, get, delete, cas", "kind"
+    elif op.ret is not None and op.ret < op.call:
+        problem, field = f"ret is {op.ret}, before call {op.call}; swapped?", "ret"
+    elif op.kind == OpKind.PUT and op.value is None:
+        problem, field = "a put needs a value; record a delete instead", "value"
+    elif op.ret is not None and op.kind == OpKind.GET and isinstance(op.output, bool):
+        problem, field = f"a get's output is bytes or None, got {op.output!r}", "output"
+    elif op.ret is not None and op.kind == OpKind.CAS and not isinstance(op.output, bool):
+        problem, field = f"a completed cas's output is True or False, got {op.output!r}", "output"
+    if problem:
+        where = f"history[{index}] ({op.kind} of key {op.key!r} by client {op.client!r})"
+        raise InvalidArgument(f"{where}: {problem}", field=field)
 
 
 def _dominated(failed: dict[tuple[int, State], list[int]], known: int, unknown: int, state: State) -> bool:
