@@ -435,7 +435,10 @@ class Participant:
     def _on_fetch_reply(self, out: EffectsBuilder, src: NodeName, msg: FetchReply, now_ms: int) -> None:
         self._fetch_sent_ms = None
         if msg.error is not None:
-            self.log.error("replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
+            # Unavailable: the peer is not a member (just restarted, or left the view); the next tick asks
+            # another. Anything else (its history is compacted) needs an operator.
+            level = logging.WARNING if msg.error.code == Unavailable.code else logging.ERROR
+            self.log.log(level, "replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
             return
         if self._fetch_from != self.applied_revision + 1:
             return  # an answer to an older request

@@ -15,6 +15,12 @@ quiescence, and the clients' history. Checks, each raising `InvariantViolation` 
 4. No request applied twice: one decision per (client_id, seq) at most.
 5. Core invariants: checked by the cluster after every step (`check_invariants`), not here.
 6. Linearizability of the clients' history, by `corral.sim.linearizability` (the single hook: `_linearizable`).
+7. Reads under the lease rule: every linearizable read a replica served (`ServedRead`, recorded at the instant
+   the replica's shell read its store, whether or not the reply reached the client) was served by a member of
+   the coordinator's view at that instant (the lease rule: a replica stops reading before it is dropped), and
+   returned the key's value as of the newest decision logged by then (freshness: a member's locks cover every
+   decided write it has not applied, so nothing newer can exist). Freshness is a real-time check of each read
+   on its own, stronger than linearizability for reads; the membership check catches a stale-by-luck read.
 """
 
 from __future__ import annotations
@@ -76,6 +82,20 @@ class OpRecord:
         return f"client={self.client} seq={self.seq} {what} [{self.call_ms}, {self.ret_ms}] {self.status} -> {out}"
 
 
+@dataclass(frozen=True, slots=True)
+class ServedRead:
+    """A linearizable read served by a replica: at virtual time `at_ms` it returned `value` for `key`.
+    `decided_revision` is the newest revision in the coordinator's log at that instant, `view_members` the
+    members of the coordinator's current (durable) view."""
+
+    replica: str
+    key: str
+    value: bytes | None
+    at_ms: int
+    decided_revision: int
+    view_members: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Observation:
     """Everything the checkers need from one quiescent run."""
@@ -87,11 +107,19 @@ class Observation:
     replica_records: Mapping[str, Sequence[Record]]
     replicas: Mapping[str, ReplicaStorage]
     history: Sequence[OpRecord]
+    served_reads: Sequence[ServedRead] = ()
 
 
 def check_all(obs: Observation) -> None:
     """Run every checker; raise InvariantViolation naming the seed and the broken guarantee."""
-    checks = (check_one_outcome, check_replicas_equal, check_writes, check_no_double_apply, check_linearizable)
+    checks = (
+        check_one_outcome,
+        check_replicas_equal,
+        check_writes,
+        check_no_double_apply,
+        check_reads,
+        check_linearizable,
+    )
     for check in checks:
         try:
             check(obs)
@@ -202,6 +230,35 @@ def check_no_double_apply(obs: Observation) -> None:
                 f"client={rec.client_id} seq={rec.seq} committed twice: revisions {seen[key]} and {rec.revision}"
             )
         seen[key] = rec.revision
+
+
+def check_reads(obs: Observation) -> None:
+    for read in obs.served_reads:
+        if read.replica not in read.view_members:
+            raise InvariantViolation(
+                f"replica={read.replica} served a linearizable read of {read.key!r} at t={read.at_ms} while outside "
+                f"the coordinator's view {','.join(read.view_members)} (the lease rule failed)"
+            )
+    # Replay the decisions once, in revision order, answering the reads in order of their revision.
+    writes = {(op.client, op.seq): op for op in obs.history if op.txn is not None}
+    by_revision = {rec.revision: rec for rec in obs.commit_records}
+    model: dict[str, KeyValue] = {}
+    rev = 0
+    for read in sorted(obs.served_reads, key=lambda r: r.decided_revision):
+        while rev < read.decided_revision:
+            rev += 1
+            rec = by_revision.get(rev)
+            op = writes.get((rec.client_id, rec.seq)) if rec is not None else None
+            if rec is None or op is None or op.txn is None:
+                raise InvariantViolation(f"revision {rev} has no decision or no request behind it")
+            _apply(model, op.txn.evaluate(model)[1], rev)
+        kv = model.get(read.key)
+        newest = None if kv is None else kv.value
+        if read.value != newest:
+            raise InvariantViolation(
+                f"replica={read.replica} served {read.key!r}={read.value!r} at t={read.at_ms}, but revision "
+                f"{read.decided_revision} (the newest decided then) has {newest!r}: a stale read"
+            )
 
 
 def check_linearizable(obs: Observation) -> None:

@@ -18,17 +18,24 @@ Faults, each drawn from the seeded RNG with the seed's probabilities:
   the coordinator's retry rule assumes that a request it answered with an error does not come back;
 - late: a batch gets an extra long delay, so stale messages arrive after the world moved on;
 - ambiguous: a delivered batch is also reported unreachable (its response was lost), as an RPC timeout is;
-- cut: a node is partitioned from every other node for an interval; `block` cuts one link (scripts);
+- cut: a node is partitioned from every other node for an interval; `cut_link` cuts the two links between
+  two nodes for an interval (a replica cut off from the coordinator only); `block` cuts one link (scripts);
 - down: a batch for a node that is down (crashed) is lost; at send time the sender is told after a short
   delay with probability `report_p` (connection refused), otherwise it just never hears back.
 
 `heal()` stops all of them (no drops, duplicates, late delays, cuts or blocks); messages already in flight
 still arrive. A message is never delivered to a node that is down or cut off at its arrival time.
+
+Clocks. Each node reads its own `NodeClock`: the virtual time scaled by a rate close to 1 plus an offset (as
+two machines' monotonic clocks), fixed for the node across restarts. Timers the cores ask for are in their own
+clock and converted to virtual time; so a lease counted by a replica and the coordinator's idea of it run at
+slightly different speeds, which the cores' drift margin must cover.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,10 +44,18 @@ from dataclasses import dataclass, field, replace
 from corral.core.messages import (
     Abort,
     Ack,
+    CaughtUp,
     ClientReply,
     ClientTxn,
     Commit,
     ErrorInfo,
+    FetchReply,
+    FetchRequest,
+    Join,
+    JoinReady,
+    LeaseGrant,
+    LeaseRequest,
+    NotMember,
     Prepare,
     ResolveReply,
     ResolveRequest,
@@ -62,7 +77,7 @@ UnreachableFn = Callable[[str, str, Items, int], None]
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """A client's linearizable read of one key at one replica."""
+    """A client's linearizable read of one key at one replica (virtual-time deadline)."""
 
     request_id: int
     key: str
@@ -94,6 +109,25 @@ def describe(item: object) -> str:
     if isinstance(item, ResolveReply):
         parts = (f"{format_txid(o.txid)}:{o.kind.name.lower()}@{o.revision}" for o in item.outcomes)
         return f"resolved={','.join(parts)}"
+    if isinstance(item, LeaseRequest):
+        return f"lease-request at={item.request_ms} applied={item.applied_revision}"
+    if isinstance(item, LeaseGrant):
+        return f"lease-grant view={item.view} members={','.join(item.members)} request={item.request_ms}"
+    if isinstance(item, NotMember):
+        return f"not-member view={item.view} members={','.join(item.members)}"
+    if isinstance(item, Join):
+        return f"join applied={item.applied_revision}"
+    if isinstance(item, JoinReady):
+        return f"join-ready revision={item.revision} txid_high={format_txid(item.txid_high)}"
+    if isinstance(item, CaughtUp):
+        return f"caught-up applied={item.applied_revision}"
+    if isinstance(item, FetchRequest):
+        return f"fetch from={item.from_revision}"
+    if isinstance(item, FetchReply):
+        if item.error is not None:
+            return f"fetch-reply error={item.error.code}"
+        revs = ",".join(str(r) for r, _ in item.revisions)
+        return f"fetch-reply revisions={revs} through={item.through_revision} complete={item.complete}"
     if isinstance(item, ClientTxn):
         keys = ",".join(sorted(item.txn.keys()))
         return f"request={item.request_id} client={item.client_id} seq={item.seq} txn keys={keys}"
@@ -138,6 +172,26 @@ class Scheduler:
     def advance_to(self, time_ms: int) -> None:
         """Move the clock forward with nothing happening (a wait that ran out)."""
         self.now_ms = max(self.now_ms, time_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeClock:
+    """A node's monotonic clock: `offset + floor(virtual time * rate)`; never 0 once offset > 0."""
+
+    offset_ms: int = 0
+    rate: float = 1.0
+
+    def local(self, virtual_ms: int) -> int:
+        return self.offset_ms + math.floor(virtual_ms * self.rate)
+
+    def virtual(self, local_ms: int) -> int:
+        """The first virtual instant at which this clock reads `local_ms` or later."""
+        t = max(0, math.ceil((local_ms - self.offset_ms) / self.rate))
+        while self.local(t) < local_ms:
+            t += 1
+        while t > 0 and self.local(t - 1) >= local_ms:
+            t -= 1
+        return t
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +257,7 @@ class Network:
         self._trace = trace
         self._links: dict[tuple[str, str], _Link] = {}
         self._cut_until: dict[str, int] = {}
+        self._link_cut_until: dict[frozenset[str], int] = {}
         self._blocked: set[tuple[str, str]] = set()
         self.stats = NetStats()
 
@@ -211,6 +266,11 @@ class Network:
     def cut(self, node: str, until_ms: int) -> None:
         """Partition `node` from everyone until `until_ms`."""
         self._cut_until[node] = max(until_ms, self._cut_until.get(node, 0))
+
+    def cut_link(self, a: str, b: str, until_ms: int) -> None:
+        """Cut the links between `a` and `b`, both ways, until `until_ms`; both still reach everyone else."""
+        pair = frozenset((a, b))
+        self._link_cut_until[pair] = max(until_ms, self._link_cut_until.get(pair, 0))
 
     def block(self, src: str, dst: str) -> None:
         self._blocked.add((src, dst))
@@ -221,13 +281,20 @@ class Network:
     def heal(self) -> None:
         self.cfg = self.cfg.calm()
         self._cut_until.clear()
+        self._link_cut_until.clear()
         self._blocked.clear()
 
     def is_cut(self, node: str) -> bool:
         return self._cut_until.get(node, -1) > self.sched.now_ms
 
     def reachable(self, src: str, dst: str) -> bool:
-        return self._is_up(dst) and not self.is_cut(src) and not self.is_cut(dst) and (src, dst) not in self._blocked
+        return (
+            self._is_up(dst)
+            and not self.is_cut(src)
+            and not self.is_cut(dst)
+            and (src, dst) not in self._blocked
+            and self._link_cut_until.get(frozenset((src, dst)), -1) <= self.sched.now_ms
+        )
 
     def forget_sender(self, src: str) -> None:
         """`src` crashed: messages queued in its memory are gone (batches on the wire still arrive)."""

@@ -20,7 +20,8 @@ import pytest
 from corral.core.messages import Prepare
 from corral.records import AbortedRecord, CommitRecord, CommittedRecord, PreparedRecord, TxId
 from corral.sim.checkers import InvariantViolation, OpRecord
-from corral.sim.cluster import SimCluster, SimConfig, persists, sends
+from corral.sim.cluster import SimCluster, persists, sends
+from corral.sim.config import SimConfig
 from tests.sim.regressions import REGRESSIONS
 
 # CI's fixed range: 1,000 seeds take ~20 s on one core (measured; see the simulator's report).
