@@ -140,7 +140,50 @@ class Delete:
         validate_key(self.key)
 
 
+# The suffix of a sequential key: its commit revision, zero-padded so keys sort in commit order.
+SEQUENTIAL_DIGITS = 20
+
+
+def sequential_key(prefix: str, revision: int) -> str:
+    """The key a PutSequential(prefix) committed at `revision` created."""
+    return f"{prefix}{revision:0{SEQUENTIAL_DIGITS}d}"
+
+
+@dataclass(frozen=True, slots=True)
+class PutSequential:
+    """Create a new key under `prefix`, named by its commit revision (`sequential_key`): unique, and
+    increasing in commit order, which is what lock and queue recipes need. It cannot conflict with
+    anything in flight, so it locks no key."""
+
+    prefix: str
+    value: bytes
+    lease: LeaseId = 0
+
+    def __post_init__(self) -> None:
+        validate_key(self.prefix + "0" * SEQUENTIAL_DIGITS, name="prefix")
+        object.__setattr__(self, "value", validate_value(self.value))
+        validate_lease(self.lease)
+
+    def materialize(self, revision: int) -> Put:
+        return Put(sequential_key(self.prefix, revision), self.value, self.lease)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteByLease:
+    """Delete every key attached to a lease (the coordinator's own transaction when a lease ends).
+    Each replica resolves it at prepare time to the keys it holds with that lease."""
+
+    lease: LeaseId
+
+    def __post_init__(self) -> None:
+        validate_lease(self.lease)
+
+
+# What a store applies; what a replica holds prepared (a sequential put is named at commit time);
+# what a client may put in a transaction (DeleteByLease is the coordinator's own).
 Write = Put | Delete
+PreparedWrite = Put | Delete | PutSequential
+TxnWrite = Put | Delete | PutSequential | DeleteByLease
 
 
 class EventKind(enum.StrEnum):

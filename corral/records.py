@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from corral.model import Write
+from corral.model import PreparedWrite, Write
 
 TxId = int
 
@@ -60,6 +60,21 @@ class EndRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """Coordinator: a lease was granted (forced before the client hears its id)."""
+
+    lease_id: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEndRecord:
+    """Coordinator: a lease ended and its keys are deleted (logged with that deletion's commit)."""
+
+    lease_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ViewRecord:
     """Coordinator: the replicas that vote on new transactions and may hold read leases (forced)."""
 
@@ -72,7 +87,7 @@ class PreparedRecord:
     """Replica: voted yes on txid; these are the writes it will apply if committed (forced)."""
 
     txid: TxId
-    writes: tuple[Write, ...]
+    writes: tuple[PreparedWrite, ...]
     succeeded: bool
     keys: frozenset[str]
     participants: tuple[str, ...] = ()
@@ -124,6 +139,8 @@ Record = (
     EpochRecord
     | CommitRecord
     | EndRecord
+    | LeaseRecord
+    | LeaseEndRecord
     | ViewRecord
     | PreparedRecord
     | CommittedRecord
@@ -147,6 +164,7 @@ class CoordinatorDisk:
     remembered: tuple[CommitRecord, ...] = ()  # recent commits, for answering client retries
     view: int = 0  # 0: no view recorded yet (every configured replica is a member)
     members: tuple[str, ...] = ()
+    leases: tuple[tuple[int, int], ...] = ()  # live leases: (id, ttl_ms)
 
     @classmethod
     def from_records(cls, records: Iterable[Record]) -> CoordinatorDisk:
@@ -155,8 +173,13 @@ class CoordinatorDisk:
         members: tuple[str, ...] = ()
         commits: dict[TxId, CommitRecord] = {}
         ended: set[TxId] = set()
+        leases: dict[int, int] = {}
         for rec in records:
-            if isinstance(rec, EpochRecord):
+            if isinstance(rec, LeaseRecord):
+                leases[rec.lease_id] = rec.ttl_ms
+            elif isinstance(rec, LeaseEndRecord):
+                leases.pop(rec.lease_id, None)
+            elif isinstance(rec, EpochRecord):
                 epoch = max(epoch, rec.epoch)
             elif isinstance(rec, ViewRecord) and rec.view > view:
                 view, members = rec.view, rec.members
@@ -167,7 +190,7 @@ class CoordinatorDisk:
                 ended.add(rec.txid)
         ordered = sorted(commits.values(), key=lambda r: r.revision)
         unended = tuple(r for r in ordered if r.txid not in ended)
-        return cls(epoch, last_revision, unended, tuple(ordered), view, members)
+        return cls(epoch, last_revision, unended, tuple(ordered), view, members, tuple(leases.items()))
 
 
 @dataclass(frozen=True, slots=True)

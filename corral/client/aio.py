@@ -10,23 +10,39 @@ when the deadline passes after an attempt that may have reached the coordinator.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from corral.client.session import Session
 from corral.config import ClusterConfig, find_config
+from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
 from corral.errors import InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, Limits
-from corral.model import Compare, Delete, KeyValue, Put, Write, validate_key, validate_prefix
+from corral.model import (
+    Compare,
+    Delete,
+    Event,
+    KeyValue,
+    Put,
+    PutSequential,
+    TxnWrite,
+    sequential_key,
+    validate_key,
+    validate_prefix,
+)
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
-from corral.rpc.convert import error_from_pb, kv_from_pb, raise_if_error, txn_to_pb
+from corral.rpc.convert import error_from_pb, event_from_pb, kv_from_pb, raise_if_error, txn_to_pb
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 # Backoff between attempts after a transport failure: grows to the cap, with full jitter.
@@ -152,8 +168,8 @@ class AsyncClient:
     async def txn(
         self,
         compares: Sequence[Compare] = (),
-        on_success: Sequence[Write] = (),
-        on_failure: Sequence[Write] = (),
+        on_success: Sequence[TxnWrite] = (),
+        on_failure: Sequence[TxnWrite] = (),
         *,
         timeout: float | None = None,
     ) -> TxnResponse:
@@ -170,8 +186,10 @@ class AsyncClient:
         """
         spec = TxnSpec(tuple(compares), tuple(on_success), tuple(on_failure))
         for item in (*spec.compares, *spec.on_success, *spec.on_failure):
-            if not isinstance(item, Compare | Put | Delete):
-                raise InvalidArgument(f"transaction items must be Compare, Put or Delete, got {type(item).__name__}")
+            if not isinstance(item, Compare | Put | Delete | PutSequential):
+                raise InvalidArgument(
+                    f"transaction items must be Compare, Put, Delete or PutSequential, got {type(item).__name__}"
+                )
         spec.validate(self.endpoints.limits)
         deadline = self._deadline(timeout)
         self._seq += 1
@@ -219,6 +237,17 @@ class AsyncClient:
     async def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
         """Store `value` under `key`; return the revision of the write."""
         return (await self.txn(on_success=[Put(key, _value(value), lease)], timeout=timeout)).revision
+
+    async def put_sequential(
+        self, prefix: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
+    ) -> tuple[str, int]:
+        """Create a key under `prefix` named by its commit revision; return (key, revision).
+
+        Keys created this way are unique and sort in commit order (the suffix is the zero-padded
+        revision), which is what queues and locks without herd effect are built on.
+        """
+        result = await self.txn(on_success=[PutSequential(prefix, _value(value), lease)], timeout=timeout)
+        return sequential_key(prefix, result.revision), result.revision
 
     async def delete(self, key: str, *, timeout: float | None = None) -> int:
         """Delete `key` (a no-op write if it is missing); return the revision of the write."""
@@ -277,6 +306,131 @@ class AsyncClient:
         request = pb.RangeRequest(key=prefix, prefix=True, revision=revision, limit=limit, serializable=serializable)
         response = await self._read(request, timeout)
         return [kv_from_pb(kv) for kv in response.kvs]
+
+    # -- leases and sessions ------------------------------------------------------------------------
+
+    async def _lease_call(self, method: str, request: object, timeout: float | None) -> LeaseInfo:
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable("the coordinator did not answer the lease request before the deadline")
+            stub = pb_grpc.ClientStub(self._channel(self.endpoints.coordinator))
+            try:
+                reply = await getattr(stub, method)(request, timeout=remaining)
+            except grpc.aio.AioRpcError as err:
+                if not _is_transport(err):
+                    raise Unavailable(f"coordinator RPC failed: {err.code().name}: {err.details()}") from None
+                await asyncio.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            raise_if_error(reply.error)
+            return LeaseInfo(reply.id, reply.ttl_ms, reply.remaining_ms)
+
+    async def lease_grant(self, ttl: float, *, timeout: float | None = None) -> LeaseInfo:
+        """A new lease of `ttl` seconds; keep it alive (or use `session`) or it expires with its keys."""
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise InvalidArgument(f"ttl must be a number of seconds, got {ttl!r}", field="ttl")
+        return await self._lease_call("LeaseGrant", pb.LeaseGrantRequest(ttl_ms=round(ttl * 1000)), timeout)
+
+    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """End a lease now: every key attached to it is deleted (in one transaction) before this returns.
+
+        Raises:
+            NotFound: no such lease (or it already ended).
+        """
+        await self._lease_call("LeaseRevoke", pb.LeaseIdRequest(id=lease_id), timeout)
+
+    async def lease_time_to_live(self, lease_id: int, *, timeout: float | None = None) -> LeaseInfo:
+        """The lease's granted TTL and the milliseconds it has left.
+
+        Raises:
+            NotFound: no such lease (or it already ended).
+        """
+        return await self._lease_call("LeaseTimeToLive", pb.LeaseIdRequest(id=lease_id), timeout)
+
+    async def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> LeaseInfo:
+        """Renew a lease once (the CLI's `lease keepalive`; programs use `session`).
+
+        Raises:
+            LeaseExpired: the lease has ended.
+        """
+        deadline = self._deadline(timeout)
+        stub = pb_grpc.ClientStub(self._channel(self.endpoints.coordinator))
+
+        async def one() -> AsyncIterator[pb.LeaseIdRequest]:
+            yield pb.LeaseIdRequest(id=lease_id)
+
+        call = stub.LeaseKeepAlive(one(), timeout=max(0.001, deadline - time.monotonic()))
+        try:
+            async for reply in call:
+                raise_if_error(reply.error)
+                return LeaseInfo(reply.id, reply.ttl_ms, reply.remaining_ms)
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable(f"keepalive failed: {err.code().name}: {err.details()}") from None
+        raise Unavailable("the coordinator closed the keepalive stream without an answer")
+
+    async def session(self, ttl: float = 10.0, *, timeout: float | None = None) -> Session:
+        """A lease kept alive in the background until `close()`; tells you when it is lost."""
+        info = await self.lease_grant(ttl, timeout=timeout)
+        return Session(self, info.id, info.ttl_ms / 1000)
+
+    # -- watches ------------------------------------------------------------------------------------
+
+    async def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
+    ) -> AsyncIterator[Event]:
+        """Every change to `key` (or every key under it, with `prefix`) from `start_revision` (0: from
+        now), in revision order, with no gaps and no duplicates. If the replica serving it fails, the
+        watch resumes on another one from the next revision, by itself.
+
+        Raises:
+            Compacted: `start_revision` is older than the oldest revision kept (see its
+                `compact_revision`: start from there).
+        """
+        (validate_prefix if prefix else validate_key)(key)
+        if start_revision == 0:
+            # Pin "now" to a revision, so a resume after an early failure cannot skip anything.
+            start_revision = (await self._read(pb.RangeRequest(key=key, prefix=prefix, limit=1), None)).revision + 1
+        next_revision = start_revision
+        attempt = 0
+        while True:
+            replicas = list(self.endpoints.replicas)
+            self._rng.shuffle(replicas)
+            for address in replicas:
+                stub = pb_grpc.ClientStub(self._channel(address))
+                request = pb.WatchRequest(key=key, prefix=prefix, start_revision=next_revision, prev_kv=prev_kv)
+                call = stub.Watch(request)
+                try:
+                    async for response in call:
+                        raise_if_error(response.error)
+                        for event in response.events:
+                            yield event_from_pb(event)
+                        next_revision = max(next_revision, response.revision + 1)
+                        attempt = 0
+                except grpc.aio.AioRpcError as err:
+                    if not _is_transport(err):
+                        raise Unavailable(f"watch on {address} failed: {err.code().name}: {err.details()}") from None
+                finally:
+                    call.cancel()
+            await asyncio.sleep(self._backoff(attempt))  # every replica failed just now: back off
+            attempt += 1
+
+    async def compact(self, revision: int, *, timeout: float = 10.0) -> None:
+        """Forget history below `revision` on every replica (reads and watches before it get
+        Compacted). A replica that is down is skipped; compact again once it is back."""
+        for name, role, address in self.endpoints.nodes:
+            if role != "replica":
+                continue
+            try:
+                reply = await pb_grpc.AdminStub(self._channel(address)).Compact(
+                    pb.CompactRequest(revision=revision), timeout=timeout
+                )
+            except grpc.aio.AioRpcError:
+                log.warning("compact: %s (%s) did not answer; skipped", name, address)
+                continue
+            raise_if_error(reply.error)
 
     # -- administration --------------------------------------------------------------------------
 

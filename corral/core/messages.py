@@ -11,12 +11,26 @@ Durable records live in `corral.records`: the store persists them without knowin
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from corral.core.leases import LeaseInfo
 from corral.errors import CorralError, InvalidArgument, from_code
 from corral.limits import Limits
-from corral.model import Compare, KeyValue, Put, Write, check_value_size
+from corral.model import (
+    SEQUENTIAL_DIGITS,
+    Compare,
+    Delete,
+    DeleteByLease,
+    KeyValue,
+    PreparedWrite,
+    Put,
+    PutSequential,
+    TxnWrite,
+    Write,
+    check_value_size,
+)
 from corral.records import Record, TxId
 
 NodeName = str
@@ -30,24 +44,35 @@ class TxnSpec:
     """A client transaction: if every compare holds, apply on_success, else on_failure."""
 
     compares: tuple[Compare, ...] = ()
-    on_success: tuple[Write, ...] = ()
-    on_failure: tuple[Write, ...] = ()
+    on_success: tuple[TxnWrite, ...] = ()
+    on_failure: tuple[TxnWrite, ...] = ()
+
+    def _writes(self) -> tuple[TxnWrite, ...]:
+        return self.on_success + self.on_failure
 
     def keys(self) -> frozenset[str]:
-        """Every key the transaction reads or writes: the unit of the first-wins conflict rule."""
-        return frozenset(
-            [c.key for c in self.compares] + [w.key for w in self.on_success] + [w.key for w in self.on_failure]
-        )
+        """Every key the transaction names (compares, puts, deletes): the unit of the first-wins rule.
+        A sequential put names no existing key; a DeleteByLease's keys are found by each replica."""
+        named = [w.key for w in self._writes() if isinstance(w, Put | Delete)]
+        return frozenset([c.key for c in self.compares] + named)
 
     def compare_keys(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c.key for c in self.compares))
 
-    def validate(self, limits: Limits) -> None:
+    def leases_deleted(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(w.lease for w in self._writes() if isinstance(w, DeleteByLease)))
+
+    def leases_attached(self) -> frozenset[int]:
+        """Leases that puts of this transaction attach keys to."""
+        return frozenset(w.lease for w in self._writes() if isinstance(w, Put | PutSequential) and w.lease)
+
+    def validate(self, limits: Limits, *, internal: bool = False) -> None:
         """Everything the store would refuse at apply time, refused before prepare instead: a decided
         commit must never fail to apply.
 
         Raises:
-            InvalidArgument: too many operations, a key twice in one branch, or an oversized value.
+            InvalidArgument: too many operations, a key (or sequential prefix) twice in one branch, an
+                explicit key shaped like one of its sequential names, or an oversized value.
         """
         ops = len(self.compares) + max(len(self.on_success), len(self.on_failure))
         if ops > limits.txn_ops_max:
@@ -57,17 +82,63 @@ class TxnSpec:
             )
         for branch in (self.on_success, self.on_failure):
             seen: set[str] = set()
+            prefixes: set[str] = set()
             for w in branch:
-                if w.key in seen:
+                if isinstance(w, DeleteByLease):
+                    if not internal:
+                        raise InvalidArgument("DeleteByLease is not a client operation; revoke the lease instead")
+                    continue
+                if isinstance(w, PutSequential):
+                    if w.prefix in prefixes:
+                        raise InvalidArgument(
+                            f"two sequential puts under {w.prefix!r} in one branch would get the same name",
+                            field="prefix",
+                        )
+                    prefixes.add(w.prefix)
+                elif w.key in seen:
                     raise InvalidArgument(f"key {w.key!r} is written twice in one branch of a transaction", field="key")
-                seen.add(w.key)
-                if isinstance(w, Put):
+                else:
+                    seen.add(w.key)
+                if isinstance(w, Put | PutSequential):
                     check_value_size(w.value, limits)
+            for key in seen:
+                for prefix in prefixes:
+                    suffix = key[len(prefix) :]
+                    if key.startswith(prefix) and len(suffix) == SEQUENTIAL_DIGITS and suffix.isdigit():
+                        raise InvalidArgument(
+                            f"key {key!r} has the shape of a sequential key under {prefix!r} in the same branch",
+                            field="key",
+                        )
 
-    def evaluate(self, reads: Mapping[str, KeyValue | None]) -> tuple[bool, tuple[Write, ...]]:
-        """(succeeded, writes to apply) given the current state of the compare keys."""
+    def evaluate(
+        self, reads: Mapping[str, KeyValue | None], lease_keys: Mapping[int, Sequence[str]]
+    ) -> tuple[bool, tuple[PreparedWrite, ...]]:
+        """(succeeded, writes to hold prepared) given the current state of the compare keys and the
+        keys each deleted lease holds."""
         succeeded = all(c.holds(reads.get(c.key)) for c in self.compares)
-        return succeeded, self.on_success if succeeded else self.on_failure
+        out: list[PreparedWrite] = []
+        explicit = {w.key for w in self._writes() if isinstance(w, Put | Delete)}
+        for w in self.on_success if succeeded else self.on_failure:
+            if isinstance(w, DeleteByLease):
+                out.extend(Delete(k) for k in lease_keys.get(w.lease, ()) if k not in explicit)
+            else:
+                out.append(w)
+        return succeeded, tuple(out)
+
+
+def writes_digest(writes: Sequence[PreparedWrite]) -> str:
+    """A short hash of the writes a replica will apply: replicas that resolved a transaction
+    differently (they never should) are caught at the vote instead of diverging."""
+    h = hashlib.blake2b(digest_size=8)
+    for w in writes:
+        if isinstance(w, Put):
+            h.update(b"P" + w.key.encode() + b"\0" + str(w.lease).encode() + b"\0" + w.value)
+        elif isinstance(w, PutSequential):
+            h.update(b"S" + w.prefix.encode() + b"\0" + str(w.lease).encode() + b"\0" + w.value)
+        else:
+            h.update(b"D" + w.key.encode())
+        h.update(b"\1")
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +187,7 @@ class Vote:
     yes: bool
     succeeded: bool = False
     reason: ErrorInfo | None = None
+    digest: str = ""  # writes_digest of what the voter holds prepared (a yes vote)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +327,13 @@ class Envelope:
 @dataclass(frozen=True, slots=True)
 class Received:
     """A message arrived from `src`. For a Prepare, `reads` holds the current state of its compare
-    keys (read by the shell right before the step, so the core stays free of I/O)."""
+    keys and `lease_keys` the keys each lease it deletes holds (read by the shell right before the
+    step, so the core stays free of I/O)."""
 
     src: NodeName
     msg: Message
     reads: Mapping[str, KeyValue | None] | None = None
+    lease_keys: Mapping[int, Sequence[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +356,21 @@ class ClientTxn:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLease:
+    """A client's lease request: grant (ttl_ms), keepalive, revoke or ttl (of lease_id)."""
+
+    request_id: int
+    op: str
+    lease_id: int = 0
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; the core checks its timers."""
 
 
-Event = Received | Unreachable | ClientTxn | Tick
+Event = Received | Unreachable | ClientTxn | ClientLease | Tick
 
 
 # -- effects ---------------------------------------------------------------------------------------
@@ -301,7 +385,7 @@ class TxnResult:
 @dataclass(frozen=True, slots=True)
 class ClientReply:
     request_id: int
-    result: TxnResult | ErrorInfo
+    result: TxnResult | LeaseInfo | ErrorInfo
 
 
 @dataclass(frozen=True, slots=True)

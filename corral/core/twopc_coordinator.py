@@ -36,6 +36,11 @@ Rules:
   holds up END: it rejoins by catching up from a member's history, and discards what it held in doubt.
 - Resolve queries: PENDING -> PENDING; committed and not ended -> COMMITTED(revision); anything else
   -> ABORTED (presumed abort; for a replica outside the view this means "discard and catch up").
+- Leases (core/leases.py): a put may attach a key only to a live lease; an expired or revoked lease is
+  ended by the coordinator's own transaction (DeleteByLease) once no in-flight transaction attaches
+  to it, and its LeaseEndRecord is logged with that transaction's commit.
+- Every participant must vote yes with the same writes digest: replicas that resolved a transaction
+  differently (a bug) make it abort instead of diverging.
 - Retries: a client request is identified by (client_id, seq). A committed one is answered from
   memory (rebuilt from the log after a restart); one still in flight gains another waiter. An aborted
   one is not remembered: nothing was applied, so running the retry is correct.
@@ -51,10 +56,12 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from corral.core.leases import LeaseInfo, LeaseTable, check_ttl
 from corral.core.messages import (
     Abort,
     Ack,
     CaughtUp,
+    ClientLease,
     ClientReply,
     ClientTxn,
     Commit,
@@ -82,7 +89,7 @@ from corral.core.messages import (
     Unreachable,
     Vote,
 )
-from corral.errors import Conflict, Internal, PeerError, Unavailable
+from corral.errors import Conflict, Internal, InvalidArgument, LeaseExpired, NotFound, PeerError, Unavailable
 from corral.limits import (
     CLIENT_OUTCOMES_MAX,
     DEFAULT_TIMEOUTS,
@@ -92,11 +99,14 @@ from corral.limits import (
     MIN_REPLICAS,
     Timeouts,
 )
+from corral.model import DeleteByLease
 from corral.records import (
     CommitRecord,
     CoordinatorDisk,
     EndRecord,
     EpochRecord,
+    LeaseEndRecord,
+    LeaseRecord,
     TxId,
     ViewRecord,
     format_txid,
@@ -104,6 +114,10 @@ from corral.records import (
 )
 
 ClientKey = tuple[str, int]
+
+# Client ids of the coordinator's own transactions (lease ends) start with this; they are not
+# remembered for retries.
+INTERNAL_CLIENT = "corral:"
 
 
 @dataclass(slots=True)
@@ -168,6 +182,11 @@ class Coordinator:
         self._inflight_clients: dict[ClientKey, TxId] = {}
         self._committed: dict[TxId, _Committed] = {}
         self._client_outcomes: OrderedDict[ClientKey, TxnResult] = OrderedDict()
+        self._lease_grants = disk.leases
+        self.leases = LeaseTable(self.epoch, (), 0)  # rebuilt in start(), with fresh TTLs
+        self._attaching: dict[int, set[TxId]] = {}  # lease -> pending transactions attaching keys to it
+        self._lease_txns: dict[TxId, int] = {}  # pending DeleteByLease transaction -> lease
+        self._lease_retry_ms: dict[int, int] = {}  # lease -> earliest time to try deleting it again
         self._client_outcomes_max = client_outcomes_max
         self._started = False
         self._broken: str | None = None
@@ -189,6 +208,8 @@ class Coordinator:
             out.persist.append(ViewRecord(self.view, self.members))
         # Members may hold leases granted by the previous incarnation: treat every one as granted now.
         self._lease_granted_ms = dict.fromkeys(self.members, now_ms)
+        # Client leases survive a restart with a fresh TTL: a restart must not expire every session.
+        self.leases = LeaseTable(self.epoch, self._lease_grants, now_ms)
         for rec in self._recovered:
             c = _Committed(rec.txid, rec.revision, set(self.members), {})
             self._committed[rec.txid] = c
@@ -215,6 +236,8 @@ class Coordinator:
         try:
             if isinstance(event, ClientTxn):
                 self._on_client_txn(out, event, now_ms)
+            elif isinstance(event, ClientLease):
+                self._on_client_lease(out, event, now_ms)
             elif isinstance(event, Received):
                 self._on_received(out, event.src, event.msg, now_ms)
             elif isinstance(event, Unreachable):
@@ -224,6 +247,7 @@ class Coordinator:
             else:
                 raise Internal(f"unknown event {type(event).__name__}")
             self._progress_join(out, now_ms)
+            self._progress_lease_ends(out, now_ms)
         except Internal as err:
             # A half-updated machine must not keep deciding (h11's ERROR state).
             self._broken = err.message
@@ -283,6 +307,13 @@ class Coordinator:
             else:
                 self._held.append(ev)
             return
+        for lease in sorted(ev.txn.leases_attached()):
+            if not self.leases.live(lease):
+                gone = LeaseExpired(
+                    f"lease {lease} has expired or was revoked (its keys are deleted); grant a new one", lease=lease
+                )
+                out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(gone)))
+                return
         keys = ev.txn.keys()
         for key in sorted(keys):
             owner = self._key_owner.get(key)
@@ -294,17 +325,98 @@ class Coordinator:
                 )
                 out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(err)))
                 return
+        self._start_txn(out, ev.txn, client=client, waiters=[ev.request_id], deadline_ms=ev.deadline_ms, now_ms=now_ms)
+
+    def _start_txn(
+        self, out: EffectsBuilder, txn: TxnSpec, *, client: ClientKey, waiters: list[int], deadline_ms: int, now_ms: int
+    ) -> TxId:
         self._counter += 1
         txid = make_txid(self.epoch, self._counter)
-        deadline = min(ev.deadline_ms, now_ms + self.timeouts.prepare_timeout_ms)
+        deadline = min(deadline_ms, now_ms + self.timeouts.prepare_timeout_ms)
         participants = self.members
-        self._pending[txid] = _Pending(txid, ev.txn, keys, client, [ev.request_id], deadline, participants)
+        keys = txn.keys()
+        self._pending[txid] = _Pending(txid, txn, keys, client, waiters, deadline, participants)
         for key in keys:
             self._key_owner[key] = txid
+        for lease in txn.leases_attached():
+            self._attaching.setdefault(lease, set()).add(txid)
         self._inflight_clients[client] = txid
-        prepare = Prepare(txid, ev.txn, participants)
+        prepare = Prepare(txid, txn, participants)
         for p in participants:
             out.send.append(Envelope(p, prepare))
+        return txid
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def _on_client_lease(self, out: EffectsBuilder, ev: ClientLease, now_ms: int) -> None:
+        result: LeaseInfo | ErrorInfo
+        if ev.op == "grant":
+            try:
+                ttl = check_ttl(ev.ttl_ms)
+            except InvalidArgument as err:
+                out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(err)))
+                return
+            lease = self.leases.grant(ttl, now_ms)
+            out.persist.append(LeaseRecord(lease.id, lease.ttl_ms))
+            result = LeaseInfo(lease.id, lease.ttl_ms, lease.ttl_ms)
+        elif ev.op == "keepalive":
+            kept = self.leases.keepalive(ev.lease_id, now_ms)
+            result = (
+                LeaseInfo(kept.id, kept.ttl_ms, kept.ttl_ms)
+                if kept is not None
+                else ErrorInfo.of(
+                    LeaseExpired(
+                        f"lease {ev.lease_id} has expired or was revoked; its keys are deleted", lease=ev.lease_id
+                    )
+                )
+            )
+        elif ev.op == "ttl":
+            found = self.leases.get(ev.lease_id)
+            result = (
+                LeaseInfo(found.id, found.ttl_ms, 0 if found.ending else found.remaining_ms(now_ms))
+                if found is not None
+                else ErrorInfo.of(NotFound(f"lease {ev.lease_id} does not exist (or has ended)", lease=ev.lease_id))
+            )
+        elif ev.op == "revoke":
+            target = self.leases.get(ev.lease_id)
+            if target is None:
+                unknown = NotFound(f"lease {ev.lease_id} does not exist (or has ended)", lease=ev.lease_id)
+                out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(unknown)))
+                return
+            target.ending = True
+            target.waiters.append(ev.request_id)  # answered once its keys are deleted
+            return
+        else:
+            raise Internal(f"unknown lease operation {ev.op!r}")
+        out.reply.append(ClientReply(ev.request_id, result))
+
+    def _progress_lease_ends(self, out: EffectsBuilder, now_ms: int) -> None:
+        """Start deleting the keys of every ending lease that nothing in flight attaches to."""
+        if self._joining is not None:
+            return  # held like any transaction until the joiner is in
+        busy = set(self._lease_txns.values())
+        for lease in self.leases.ending():
+            if lease.id in busy or self._attaching.get(lease.id) or self._lease_retry_ms.get(lease.id, 0) > now_ms:
+                continue
+            txn = TxnSpec(on_success=(DeleteByLease(lease.id),))
+            client = (f"{INTERNAL_CLIENT}lease-{lease.id}", self._counter + 1)
+            deadline = now_ms + self.timeouts.prepare_timeout_ms
+            txid = self._start_txn(out, txn, client=client, waiters=[], deadline_ms=deadline, now_ms=now_ms)
+            self._lease_txns[txid] = lease.id
+
+    def _lease_txn_done(self, out: EffectsBuilder, txid: TxId, committed: bool, now_ms: int) -> None:
+        lease_id = self._lease_txns.pop(txid, None)
+        if lease_id is None:
+            return
+        if not committed:
+            self._lease_retry_ms[lease_id] = now_ms + self.timeouts.commit_retry_ms
+            return
+        lease = self.leases.end(lease_id)
+        self._lease_retry_ms.pop(lease_id, None)
+        out.persist.append(LeaseEndRecord(lease_id))
+        if lease is not None:
+            self.log.info("coordinator=%s lease=%d ended; its keys are deleted", self.node, lease_id)
+            out.reply.extend(ClientReply(r, LeaseInfo(lease.id, lease.ttl_ms, 0)) for r in lease.waiters)
 
     def _on_received(self, out: EffectsBuilder, src: NodeName, msg: Message, now_ms: int) -> None:
         if isinstance(msg, Vote):
@@ -335,16 +447,16 @@ class Coordinator:
         p.votes[src] = vote
         if not vote.yes:
             reason = vote.reason or ErrorInfo.of(PeerError(f"{src} voted no without a reason"))
-            self._abort(out, p, reason)
+            self._abort(out, p, reason, now_ms)
             return
         if len(p.votes) < len(p.participants):
             return
         outcomes = {v.succeeded for v in p.votes.values()}
-        if len(outcomes) != 1:
-            detail = ", ".join(f"{n}={v.succeeded}" for n, v in sorted(p.votes.items()))
-            err = Internal(f"replicas disagree on the compares of {format_txid(p.txid)}: {detail}")
+        if len(outcomes) != 1 or len({v.digest for v in p.votes.values()}) != 1:
+            detail = ", ".join(f"{n}={v.succeeded}/{v.digest}" for n, v in sorted(p.votes.items()))
+            err = Internal(f"replicas disagree on the outcome of {format_txid(p.txid)}: {detail}")
             self.log.error("coordinator=%s txid=%s %s", self.node, format_txid(p.txid), err.message)
-            self._abort(out, p, ErrorInfo.of(err))
+            self._abort(out, p, ErrorInfo.of(err), now_ms)
             return
         self._commit(out, p, outcomes.pop(), now_ms)
 
@@ -364,7 +476,7 @@ class Coordinator:
                     "retry (a replica that stays silent leaves the view once its read lease expires)",
                     replica=dst,
                 )
-                self._abort(out, self._pending[msg.txid], ErrorInfo.of(err))
+                self._abort(out, self._pending[msg.txid], ErrorInfo.of(err), now_ms)
             elif isinstance(msg, Commit) and msg.txid in self._committed:
                 # Re-sent by the timer; back off from now so a dead replica is not hammered.
                 self._committed[msg.txid].last_sent_ms[dst] = now_ms
@@ -376,12 +488,14 @@ class Coordinator:
                 f"no vote from {', '.join(missing)} in time; the write was not applied; retry",
                 replicas=missing,
             )
-            self._abort(out, p, ErrorInfo.of(err))
+            self._abort(out, p, ErrorInfo.of(err), now_ms)
         for held in [h for h in self._held if h.deadline_ms <= now_ms]:
             self._held.remove(held)
             err = Unavailable("a replica was joining the view and the request's deadline passed; retry")
             out.reply.append(ClientReply(held.request_id, ErrorInfo.of(err)))
         self._expire_leases(out, now_ms)
+        for lease in self.leases.expire(now_ms):
+            self.log.info("coordinator=%s lease=%d expired", self.node, lease.id)
         retry = self.timeouts.commit_retry_ms
         for c in sorted(self._committed.values(), key=lambda c: c.revision):
             due = [n for n in sorted(c.unacked) if c.last_sent_ms.get(n, 0) + retry <= now_ms]
@@ -491,12 +605,20 @@ class Coordinator:
             if self._key_owner.get(key) == p.txid:
                 del self._key_owner[key]
         self._inflight_clients.pop(p.client, None)
+        for lease in p.txn.leases_attached():
+            holders = self._attaching.get(lease)
+            if holders is not None:
+                holders.discard(p.txid)
+                if not holders:
+                    del self._attaching[lease]
 
     def _commit(self, out: EffectsBuilder, p: _Pending, succeeded: bool, now_ms: int) -> None:
         self._release(p)
         self.last_revision += 1
-        rec = CommitRecord(p.txid, self.last_revision, p.client[0], p.client[1], succeeded)
+        internal = p.client[0].startswith(INTERNAL_CLIENT)
+        rec = CommitRecord(p.txid, self.last_revision, "" if internal else p.client[0], p.client[1], succeeded)
         out.persist.append(rec)
+        self._lease_txn_done(out, p.txid, True, now_ms)
         result = self._remember(rec)
         out.reply.extend(ClientReply(r, result) for r in p.waiters)
         # Participants that left the view since the transaction started do not hold up its END.
@@ -507,8 +629,9 @@ class Coordinator:
             self._end(out, c)
         self.log.debug("coordinator=%s txid=%s commit revision=%d", self.node, format_txid(p.txid), rec.revision)
 
-    def _abort(self, out: EffectsBuilder, p: _Pending, reason: ErrorInfo) -> None:
+    def _abort(self, out: EffectsBuilder, p: _Pending, reason: ErrorInfo, now_ms: int) -> None:
         self._release(p)
+        self._lease_txn_done(out, p.txid, False, now_ms)
         out.reply.extend(ClientReply(r, reason) for r in p.waiters)
         for n in p.participants:
             out.send.append(Envelope(n, Abort(p.txid)))
@@ -542,4 +665,8 @@ class Coordinator:
             times.extend(self._lease_expiry_ms(self._lease_granted_ms.get(m, 0)) for m in self.members)
         if self._joining is not None:
             times.append(self._joining.deadline_ms)
+        expiry = self.leases.next_expiry_ms()
+        if expiry is not None:
+            times.append(expiry)
+        times.extend(self._lease_retry_ms.values())
         return min(times) if times else None

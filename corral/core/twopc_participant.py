@@ -46,7 +46,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from corral.core.messages import (
@@ -65,7 +65,6 @@ from corral.core.messages import (
     JoinReady,
     LeaseGrant,
     LeaseRequest,
-    Message,
     NodeName,
     NotMember,
     Outcome,
@@ -77,10 +76,11 @@ from corral.core.messages import (
     Tick,
     Unreachable,
     Vote,
+    writes_digest,
 )
 from corral.errors import Conflict, Internal, InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Limits, Timeouts
-from corral.model import KeyValue, Write
+from corral.model import PreparedWrite, Put, PutSequential
 from corral.records import (
     AbortedRecord,
     CaughtUpRecord,
@@ -103,7 +103,7 @@ class Membership(enum.Enum):
 @dataclass(slots=True)
 class _Prepared:
     txid: TxId
-    writes: tuple[Write, ...]
+    writes: tuple[PreparedWrite, ...]
     succeeded: bool
     keys: frozenset[str]
     participants: tuple[NodeName, ...]
@@ -143,6 +143,9 @@ class Participant:
         self._next_lease_request_ms = now_ms
         self._prepared: dict[TxId, _Prepared] = {}
         self._locks: dict[str, TxId] = {}
+        # Prefixes under which a prepared sequential put will create a key (not named until commit):
+        # reads and compares that could see such a key wait, as for a locked key.
+        self._sequential: dict[str, set[TxId]] = {}
         self._decided: dict[int, TxId] = {}  # revision -> txid, committed but waiting for order
         self._outcomes: OrderedDict[TxId, int | None] = OrderedDict(disk.outcomes)
         self._outcomes_max = outcomes_max
@@ -167,7 +170,7 @@ class Participant:
         out = EffectsBuilder()
         try:
             if isinstance(event, Received):
-                self._on_received(out, event.src, event.msg, event.reads, now_ms)
+                self._on_received(out, event, now_ms)
             elif isinstance(event, Tick):
                 self._on_tick(out, now_ms)
             elif isinstance(event, Unreachable):
@@ -185,13 +188,17 @@ class Participant:
         return self.membership is Membership.MEMBER and now_ms < self.lease_until_ms
 
     def is_locked(self, key: str) -> bool:
-        return key in self._locks
+        """A prepared transaction may change this key (it names it, or may create it sequentially)."""
+        return key in self._locks or any(key.startswith(p) for p in self._sequential)
 
     def locked_keys(self) -> frozenset[str]:
         return frozenset(self._locks)
 
     def any_locked_with_prefix(self, prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in self._locks)
+        """A prepared transaction may change some key starting with `prefix`."""
+        return any(k.startswith(prefix) for k in self._locks) or any(
+            p.startswith(prefix) or prefix.startswith(p) for p in self._sequential
+        )
 
     @property
     def prepared_count(self) -> int:
@@ -214,16 +221,10 @@ class Participant:
 
     # -- events --------------------------------------------------------------------------------
 
-    def _on_received(
-        self,
-        out: EffectsBuilder,
-        src: NodeName,
-        msg: Message,
-        reads: Mapping[str, KeyValue | None] | None,
-        now_ms: int,
-    ) -> None:
+    def _on_received(self, out: EffectsBuilder, event: Received, now_ms: int) -> None:
+        src, msg = event.src, event.msg
         if isinstance(msg, Prepare):
-            self._on_prepare(out, src, msg, reads or {}, now_ms)
+            self._on_prepare(out, event, msg, now_ms)
         elif isinstance(msg, Commit):
             self._on_decision(out, msg.txid, msg.revision)
         elif isinstance(msg, Abort):
@@ -246,13 +247,13 @@ class Participant:
     def _vote_no(self, out: EffectsBuilder, src: NodeName, txid: TxId, err: Unavailable | Conflict) -> None:
         out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
 
-    def _on_prepare(
-        self, out: EffectsBuilder, src: NodeName, msg: Prepare, reads: Mapping[str, KeyValue | None], now_ms: int
-    ) -> None:
-        txid = msg.txid
+    def _on_prepare(self, out: EffectsBuilder, event: Received, msg: Prepare, now_ms: int) -> None:
+        src, txid = event.src, msg.txid
+        reads = event.reads or {}
+        lease_keys = event.lease_keys or {}
         existing = self._prepared.get(txid)
         if existing is not None:  # a duplicate: the same vote again
-            out.send.append(Envelope(src, Vote(txid, True, existing.succeeded)))
+            out.send.append(Envelope(src, Vote(txid, True, existing.succeeded, digest=writes_digest(existing.writes))))
             return
         if txid in self._outcomes:
             if self._outcomes[txid] is None:
@@ -270,27 +271,37 @@ class Participant:
             err = Unavailable(f"{self.node} is outside the view (catching up); retry")
             self._vote_no(out, src, txid, err)
             return
-        keys = msg.txn.keys()
-        busy = sorted(k for k in keys if k in self._locks)
-        if busy:
-            conflict = Conflict(
-                f"key {busy[0]!r} is locked on {self.node} by transaction {format_txid(self._locks[busy[0]])}; retry",
-                key=busy[0],
-            )
-            self._vote_no(out, src, txid, conflict)
-            return
         try:
-            msg.txn.validate(self.limits)
+            msg.txn.validate(self.limits, internal=True)
         except InvalidArgument as err:
             out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
             return
+        deleted = msg.txn.leases_deleted()
+        missing_leases = [lease for lease in deleted if lease not in lease_keys]
         missing = [k for k in msg.txn.compare_keys() if k not in reads]
-        if missing:
-            raise Internal(f"prepare of {format_txid(txid)} stepped without reads of {missing}")
-        succeeded, writes = msg.txn.evaluate(reads)
+        if missing or missing_leases:
+            raise Internal(f"prepare of {format_txid(txid)} stepped without reads of {missing or missing_leases}")
+        lease_held = {k for lease in deleted for k in lease_keys[lease]}
+        keys = msg.txn.keys() | lease_held
+        busy = sorted(k for k in keys if self.is_locked(k))
+        if busy:
+            conflict = Conflict(
+                f"key {busy[0]!r} is locked on {self.node} by a prepared transaction; retry", key=busy[0]
+            )
+            self._vote_no(out, src, txid, conflict)
+            return
+        if deleted and any(self._attaches(p, deleted) for p in self._prepared.values()):
+            # A prepared put may still attach a key to a lease being deleted: the key set is not final.
+            self._vote_no(out, src, txid, Conflict(f"a lease being deleted is in use on {self.node}; retry"))
+            return
+        succeeded, writes = msg.txn.evaluate(reads, lease_keys)
         out.persist.append(PreparedRecord(txid, writes, succeeded, keys, msg.participants))
         self._lock(_Prepared(txid, writes, succeeded, keys, msg.participants, now_ms))
-        out.send.append(Envelope(src, Vote(txid, True, succeeded)))
+        out.send.append(Envelope(src, Vote(txid, True, succeeded, digest=writes_digest(writes))))
+
+    @staticmethod
+    def _attaches(p: _Prepared, leases: Sequence[int]) -> bool:
+        return any(isinstance(w, Put | PutSequential) and w.lease in leases for w in p.writes)
 
     def _on_decision(self, out: EffectsBuilder, txid: TxId, revision: int | None) -> None:
         p = self._prepared.get(txid)
@@ -346,7 +357,8 @@ class Participant:
         while (txid := self._decided.pop(self.applied_revision + 1, None)) is not None:
             p = self._prepared[txid]
             revision = self.applied_revision + 1
-            out.persist.append(CommittedRecord(txid, revision, p.writes))
+            final = tuple(w.materialize(revision) if isinstance(w, PutSequential) else w for w in p.writes)
+            out.persist.append(CommittedRecord(txid, revision, final))
             self._unlock(p)
             self.applied_revision = revision
             self._remember(txid, revision)

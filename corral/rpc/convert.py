@@ -33,7 +33,19 @@ from corral.core.messages import (
     Vote,
 )
 from corral.errors import CorralError, InvalidArgument
-from corral.model import Compare, CompareTarget, Delete, KeyValue, Put, Write
+from corral.model import (
+    Compare,
+    CompareTarget,
+    Delete,
+    DeleteByLease,
+    Event,
+    EventKind,
+    KeyValue,
+    Put,
+    PutSequential,
+    TxnWrite,
+    Write,
+)
 from corral.rpc import corral_pb2 as pb
 
 # -- data -------------------------------------------------------------------------------------
@@ -54,19 +66,47 @@ def kv_from_pb(m: pb.KeyValue) -> KeyValue:
     return KeyValue(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
 
 
-def write_to_pb(w: Write) -> pb.Write:
+def event_to_pb(event: Event, *, with_prev: bool = False) -> pb.WatchEvent:
+    out = pb.WatchEvent(type=event.kind.value, kv=kv_to_pb(event.kv))
+    if with_prev and event.prev_kv is not None:
+        out.prev_kv.CopyFrom(kv_to_pb(event.prev_kv))
+    return out
+
+
+def event_from_pb(m: pb.WatchEvent) -> Event:
+    prev = kv_from_pb(m.prev_kv) if m.HasField("prev_kv") else None
+    return Event(EventKind(m.type), kv_from_pb(m.kv), prev)
+
+
+def write_to_pb(w: TxnWrite) -> pb.Write:
     if isinstance(w, Put):
         return pb.Write(put=pb.PutOp(key=w.key, value=w.value, lease=w.lease))
-    return pb.Write(delete=pb.DeleteOp(key=w.key))
+    if isinstance(w, Delete):
+        return pb.Write(delete=pb.DeleteOp(key=w.key))
+    if isinstance(w, PutSequential):
+        return pb.Write(put_sequential=pb.PutSequentialOp(prefix=w.prefix, value=w.value, lease=w.lease))
+    return pb.Write(delete_lease=pb.DeleteByLeaseOp(lease=w.lease))
 
 
-def write_from_pb(m: pb.Write) -> Write:
+def write_from_pb(m: pb.Write) -> TxnWrite:
     which = m.WhichOneof("op")
     if which == "put":
         return Put(m.put.key, m.put.value, m.put.lease)
     if which == "delete":
         return Delete(m.delete.key)
-    raise InvalidArgument("a write must be a put or a delete; this one is empty")
+    if which == "put_sequential":
+        return PutSequential(m.put_sequential.prefix, m.put_sequential.value, m.put_sequential.lease)
+    if which == "delete_lease":
+        return DeleteByLease(m.delete_lease.lease)
+    raise InvalidArgument("a write must be a put, a delete or a sequential put; this one is empty")
+
+
+def stored_write_from_pb(m: pb.Write) -> Write:
+    """A write of committed history (catch-up): only puts and deletes exist there."""
+    w = write_from_pb(m)
+    if not isinstance(w, Put | Delete):
+        raise InvalidArgument(f"committed history holds puts and deletes, not {type(w).__name__}")
+    return w
 
 
 def compare_to_pb(c: Compare) -> pb.Compare:
@@ -144,7 +184,7 @@ def message_to_pb(msg: Message) -> pb.PeerMessage:
     if isinstance(msg, Abort):
         return pb.PeerMessage(abort=pb.Abort(txid=msg.txid))
     if isinstance(msg, Vote):
-        vote = pb.Vote(txid=msg.txid, yes=msg.yes, succeeded=msg.succeeded)
+        vote = pb.Vote(txid=msg.txid, yes=msg.yes, succeeded=msg.succeeded, digest=msg.digest)
         if msg.reason is not None:
             vote.reason.CopyFrom(error_to_pb(msg.reason))
         return pb.PeerMessage(vote=vote)
@@ -192,7 +232,7 @@ def message_from_pb(m: pb.PeerMessage) -> Message:
         return Abort(m.abort.txid)
     if which == "vote":
         reason = error_from_pb(m.vote.reason) if m.vote.HasField("reason") else None
-        return Vote(m.vote.txid, m.vote.yes, m.vote.succeeded, reason)
+        return Vote(m.vote.txid, m.vote.yes, m.vote.succeeded, reason, m.vote.digest)
     if which == "ack":
         return Ack(m.ack.txid, m.ack.revision)
     if which == "resolve_request":
@@ -216,7 +256,7 @@ def message_from_pb(m: pb.PeerMessage) -> Message:
         return FetchRequest(m.fetch_request.from_revision)
     if which == "fetch_reply":
         f = m.fetch_reply
-        revisions = tuple((r.revision, tuple(write_from_pb(w) for w in r.writes)) for r in f.revisions)
+        revisions = tuple((r.revision, tuple(stored_write_from_pb(w) for w in r.writes)) for r in f.revisions)
         error = error_from_pb(f.error) if f.HasField("error") else None
         return FetchReply(revisions, f.through_revision, f.complete, error)
     raise InvalidArgument("empty peer message")

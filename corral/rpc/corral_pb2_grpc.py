@@ -44,6 +44,31 @@ class ClientStub:
                 request_serializer=corral__pb2.RangeRequest.SerializeToString,
                 response_deserializer=corral__pb2.RangeResponse.FromString,
                 _registered_method=True)
+        self.LeaseGrant = channel.unary_unary(
+                '/corral.v1.Client/LeaseGrant',
+                request_serializer=corral__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=corral__pb2.LeaseReply.FromString,
+                _registered_method=True)
+        self.LeaseRevoke = channel.unary_unary(
+                '/corral.v1.Client/LeaseRevoke',
+                request_serializer=corral__pb2.LeaseIdRequest.SerializeToString,
+                response_deserializer=corral__pb2.LeaseReply.FromString,
+                _registered_method=True)
+        self.LeaseTimeToLive = channel.unary_unary(
+                '/corral.v1.Client/LeaseTimeToLive',
+                request_serializer=corral__pb2.LeaseIdRequest.SerializeToString,
+                response_deserializer=corral__pb2.LeaseReply.FromString,
+                _registered_method=True)
+        self.LeaseKeepAlive = channel.stream_stream(
+                '/corral.v1.Client/LeaseKeepAlive',
+                request_serializer=corral__pb2.LeaseIdRequest.SerializeToString,
+                response_deserializer=corral__pb2.LeaseReply.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/corral.v1.Client/Watch',
+                request_serializer=corral__pb2.WatchRequest.SerializeToString,
+                response_deserializer=corral__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServicer:
@@ -61,6 +86,36 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseRevoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseTimeToLive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseKeepAlive(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +128,31 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.Range,
                     request_deserializer=corral__pb2.RangeRequest.FromString,
                     response_serializer=corral__pb2.RangeResponse.SerializeToString,
+            ),
+            'LeaseGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseGrant,
+                    request_deserializer=corral__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=corral__pb2.LeaseReply.SerializeToString,
+            ),
+            'LeaseRevoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseRevoke,
+                    request_deserializer=corral__pb2.LeaseIdRequest.FromString,
+                    response_serializer=corral__pb2.LeaseReply.SerializeToString,
+            ),
+            'LeaseTimeToLive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseTimeToLive,
+                    request_deserializer=corral__pb2.LeaseIdRequest.FromString,
+                    response_serializer=corral__pb2.LeaseReply.SerializeToString,
+            ),
+            'LeaseKeepAlive': grpc.stream_stream_rpc_method_handler(
+                    servicer.LeaseKeepAlive,
+                    request_deserializer=corral__pb2.LeaseIdRequest.FromString,
+                    response_serializer=corral__pb2.LeaseReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=corral__pb2.WatchRequest.FromString,
+                    response_serializer=corral__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +209,141 @@ class Client:
             '/corral.v1.Client/Range',
             corral__pb2.RangeRequest.SerializeToString,
             corral__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.Client/LeaseGrant',
+            corral__pb2.LeaseGrantRequest.SerializeToString,
+            corral__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseRevoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.Client/LeaseRevoke',
+            corral__pb2.LeaseIdRequest.SerializeToString,
+            corral__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseTimeToLive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.Client/LeaseTimeToLive',
+            corral__pb2.LeaseIdRequest.SerializeToString,
+            corral__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseKeepAlive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/corral.v1.Client/LeaseKeepAlive',
+            corral__pb2.LeaseIdRequest.SerializeToString,
+            corral__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.Client/Watch',
+            corral__pb2.WatchRequest.SerializeToString,
+            corral__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -277,6 +492,11 @@ class AdminStub:
                 request_serializer=corral__pb2.FailpointRequest.SerializeToString,
                 response_deserializer=corral__pb2.FailpointResponse.FromString,
                 _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/corral.v1.Admin/Compact',
+                request_serializer=corral__pb2.CompactRequest.SerializeToString,
+                response_deserializer=corral__pb2.CompactResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -294,6 +514,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compact(self, request, context):
+        """Replica: forget history below `revision` (reads and watches before it get Compacted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +533,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetFailpoint,
                     request_deserializer=corral__pb2.FailpointRequest.FromString,
                     response_serializer=corral__pb2.FailpointResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=corral__pb2.CompactRequest.FromString,
+                    response_serializer=corral__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +594,33 @@ class Admin:
             '/corral.v1.Admin/SetFailpoint',
             corral__pb2.FailpointRequest.SerializeToString,
             corral__pb2.FailpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.Admin/Compact',
+            corral__pb2.CompactRequest.SerializeToString,
+            corral__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,12 +38,22 @@ class ClientStub:
     def __new__(cls, channel: _aio.Channel) -> ClientAsyncStub: ...
     Txn: _grpc.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]
     Range: _grpc.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]
+    LeaseGrant: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]
+    LeaseRevoke: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
+    LeaseTimeToLive: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
+    LeaseKeepAlive: _grpc.StreamStreamMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
+    Watch: _grpc.UnaryStreamMultiCallable[_corral_pb2.WatchRequest, _corral_pb2.WatchResponse]
 
 @_typing.type_check_only
 class ClientAsyncStub(ClientStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Txn: _aio.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]  # type: ignore[assignment]
+    LeaseGrant: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
+    LeaseRevoke: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
+    LeaseTimeToLive: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
+    LeaseKeepAlive: _aio.StreamStreamMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_corral_pb2.WatchRequest, _corral_pb2.WatchResponse]  # type: ignore[assignment]
 
 class ClientServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -59,6 +69,41 @@ class ClientServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.RangeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.RangeResponse, _abc.Awaitable[_corral_pb2.RangeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseGrant(
+        self,
+        request: _corral_pb2.LeaseGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.LeaseReply, _abc.Awaitable[_corral_pb2.LeaseReply]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseRevoke(
+        self,
+        request: _corral_pb2.LeaseIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.LeaseReply, _abc.Awaitable[_corral_pb2.LeaseReply]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseTimeToLive(
+        self,
+        request: _corral_pb2.LeaseIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.LeaseReply, _abc.Awaitable[_corral_pb2.LeaseReply]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseKeepAlive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_corral_pb2.LeaseIdRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.LeaseReply], _abc.AsyncIterator[_corral_pb2.LeaseReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _corral_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.WatchResponse], _abc.AsyncIterator[_corral_pb2.WatchResponse]]: ...
 
 def add_ClientServicer_to_server(servicer: ClientServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -112,12 +157,16 @@ class AdminStub:
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     Status: _grpc.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.StatusResponse]
     SetFailpoint: _grpc.UnaryUnaryMultiCallable[_corral_pb2.FailpointRequest, _corral_pb2.FailpointResponse]
+    Compact: _grpc.UnaryUnaryMultiCallable[_corral_pb2.CompactRequest, _corral_pb2.CompactResponse]
+    """Replica: forget history below `revision` (reads and watches before it get Compacted)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Status: _aio.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.StatusResponse]  # type: ignore[assignment]
     SetFailpoint: _aio.UnaryUnaryMultiCallable[_corral_pb2.FailpointRequest, _corral_pb2.FailpointResponse]  # type: ignore[assignment]
+    Compact: _aio.UnaryUnaryMultiCallable[_corral_pb2.CompactRequest, _corral_pb2.CompactResponse]  # type: ignore[assignment]
+    """Replica: forget history below `revision` (reads and watches before it get Compacted)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -133,5 +182,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.FailpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.FailpointResponse, _abc.Awaitable[_corral_pb2.FailpointResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Compact(
+        self,
+        request: _corral_pb2.CompactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.CompactResponse, _abc.Awaitable[_corral_pb2.CompactResponse]]:
+        """Replica: forget history below `revision` (reads and watches before it get Compacted)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

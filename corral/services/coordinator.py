@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from corral.config import ClusterConfig, NodeConfig
+from corral.core.leases import LeaseInfo
 from corral.core.messages import (
     Ack,
+    ClientLease,
     ClientTxn,
     Effects,
     ErrorInfo,
@@ -76,7 +78,7 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             rpc_timeout_s=config.timeouts.prepare_timeout_ms / 1000,
         )
         self.ticker = Ticker(node.name, self._on_tick)
-        self._waiters: dict[int, asyncio.Future[TxnResult | ErrorInfo]] = {}
+        self._waiters: dict[int, asyncio.Future[TxnResult | LeaseInfo | ErrorInfo]] = {}
         self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -159,7 +161,7 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             return pb.TxnResponse(error=error_to_pb(err))
         timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
         rid = next(self._ids)
-        fut: asyncio.Future[TxnResult | ErrorInfo] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         # A request without a client id cannot be retried safely; give it a one-off identity.
         client_id = request.client_id or f"anonymous-{self.core.epoch}-{rid}"
@@ -177,7 +179,49 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             self._waiters.pop(rid, None)
         if isinstance(result, ErrorInfo):
             return pb.TxnResponse(error=error_to_pb(result))
+        if not isinstance(result, TxnResult):
+            raise Internal(f"a transaction was answered with {type(result).__name__}")
         return pb.TxnResponse(revision=result.revision, succeeded=result.succeeded)
+
+    async def _lease(self, context: Context, op: str, lease_id: int = 0, ttl_ms: int = 0) -> pb.LeaseReply:
+        timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
+        rid = next(self._ids)
+        fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        try:
+            self._step([ClientLease(rid, op, lease_id, ttl_ms)])
+            result = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            late = Unavailable(f"lease {op} got no answer before the deadline; retry", outcome_unknown=True)
+            return pb.LeaseReply(error=error_to_pb(late))
+        finally:
+            self._waiters.pop(rid, None)
+        if isinstance(result, ErrorInfo):
+            return pb.LeaseReply(error=error_to_pb(result))
+        if not isinstance(result, LeaseInfo):
+            raise Internal(f"a lease request was answered with {type(result).__name__}")
+        return pb.LeaseReply(id=result.id, ttl_ms=result.ttl_ms, remaining_ms=result.remaining_ms)
+
+    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Context) -> pb.LeaseReply:
+        return await self._lease(context, "grant", ttl_ms=request.ttl_ms)
+
+    async def LeaseRevoke(self, request: pb.LeaseIdRequest, context: Context) -> pb.LeaseReply:
+        return await self._lease(context, "revoke", lease_id=request.id)
+
+    async def LeaseTimeToLive(self, request: pb.LeaseIdRequest, context: Context) -> pb.LeaseReply:
+        return await self._lease(context, "ttl", lease_id=request.id)
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[pb.LeaseIdRequest], context: Context
+    ) -> AsyncIterator[pb.LeaseReply]:
+        async for request in request_iterator:
+            yield await self._lease(context, "keepalive", lease_id=request.id)
+
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> AsyncIterator[pb.WatchResponse]:
+        wrong = FailedPrecondition(
+            "watches are served by replicas, not the coordinator; connect with the cluster config"
+        )
+        yield pb.WatchResponse(error=error_to_pb(wrong))
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
         wrong = FailedPrecondition("reads are served by replicas, not the coordinator; connect with the cluster config")
@@ -215,6 +259,10 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             view_members=list(self.core.members),
             joining=self.core.joining or "",
         )
+
+    async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:
+        wrong = FailedPrecondition("compaction is done on each replica; the coordinator keeps no history")
+        return pb.CompactResponse(error=error_to_pb(wrong))
 
     async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
         try:

@@ -41,7 +41,7 @@ from corral.model import validate_key, validate_prefix, validate_revision
 from corral.records import CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
-from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, kv_to_pb
+from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, event_to_pb, kv_to_pb
 from corral.services.base import Context, Releaser, Ticker, deadline_s, fail_stop, now_ms
 from corral.services.failpoints import Failpoints
 from corral.services.links import PeerLinks, answer_stream
@@ -49,6 +49,11 @@ from corral.store.durability import WalSync
 from corral.store.replica_log import ReplicaStorage
 
 log = logging.getLogger(__name__)
+
+# A watch stream says how far it has covered at least this often, so a client resuming elsewhere
+# starts from there; and sends at most this many revisions per message.
+WATCH_PROGRESS_S = 1.0
+WATCH_REVISIONS_MAX = 1000
 
 # How long a read waits for a read lease that is about to be granted (a replica that just started,
 # or one between renewals); longer and a cut-off replica would hold reads before clients fail over.
@@ -120,7 +125,14 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
                         if name:
                             self.faults.hit(name)
                         if isinstance(ev.msg, Prepare):
-                            ev = Received(ev.src, ev.msg, batch.read(ev.msg.txn.compare_keys()))
+                            txn = ev.msg.txn
+                            leases = txn.leases_deleted()
+                            ev = Received(
+                                ev.src,
+                                ev.msg,
+                                batch.read(txn.compare_keys()),
+                                batch.lease_keys(leases) if leases else None,
+                            )
                     eff = self.core.step(ev, now_ms())
                     batch.write(eff.persist)
                     persisted |= bool(eff.persist)
@@ -203,6 +215,55 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
     async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
         err = InvalidArgument(f"{self.node.name} is a replica; writes go to the coordinator")
         return pb.TxnResponse(error=error_to_pb(err))
+
+    def _not_here(self, what: str) -> pb.LeaseReply:
+        err = InvalidArgument(f"{self.node.name} is a replica; {what} go to the coordinator")
+        return pb.LeaseReply(error=error_to_pb(err))
+
+    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Context) -> pb.LeaseReply:
+        return self._not_here("leases")
+
+    async def LeaseRevoke(self, request: pb.LeaseIdRequest, context: Context) -> pb.LeaseReply:
+        return self._not_here("leases")
+
+    async def LeaseTimeToLive(self, request: pb.LeaseIdRequest, context: Context) -> pb.LeaseReply:
+        return self._not_here("leases")
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[pb.LeaseIdRequest], context: Context
+    ) -> AsyncIterator[pb.LeaseReply]:
+        yield self._not_here("leases")
+
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> AsyncIterator[pb.WatchResponse]:
+        """Committed events from start_revision on, in revision order, then live as commits apply;
+        an empty response every WATCH_PROGRESS_S says how far the stream has covered."""
+        store = self.storage.store
+        try:
+            key = validate_prefix(request.key) if request.prefix else validate_key(request.key)
+            start = validate_revision(request.start_revision, name="start_revision")
+        except CorralError as err:
+            yield pb.WatchResponse(error=error_to_pb(err))
+            return
+        next_revision = start or store.revision + 1
+        while True:
+            changed = self._changed
+            head = store.revision
+            if head < next_revision:
+                try:
+                    await asyncio.wait_for(changed.wait(), WATCH_PROGRESS_S)
+                except TimeoutError:
+                    yield pb.WatchResponse(revision=next_revision - 1)
+                continue
+            end = min(head, next_revision + WATCH_REVISIONS_MAX - 1)
+            try:
+                events = store.changes(next_revision, prefix=key, end_revision=end)
+            except CorralError as err:
+                yield pb.WatchResponse(error=error_to_pb(err))
+                return
+            if not request.prefix:
+                events = [e for e in events if e.kv.key == key]
+            yield pb.WatchResponse(events=[event_to_pb(e, with_prev=request.prev_kv) for e in events], revision=end)
+            next_revision = end + 1
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
         try:
@@ -296,6 +357,13 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             membership=self.core.membership.value,
             lease_valid=self.core.can_serve_linearizable(now_ms()),
         )
+
+    async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:
+        try:
+            self.storage.store.compact(request.revision)
+        except CorralError as err:
+            return pb.CompactResponse(error=error_to_pb(err))
+        return pb.CompactResponse(compact_revision=self.storage.store.compact_revision)
 
     async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
         try:

@@ -11,27 +11,34 @@ import struct
 from collections.abc import Iterable
 
 from corral.errors import Internal
-from corral.model import Delete, Put, Write
+from corral.model import Delete, PreparedWrite, Put, PutSequential
 
 _PUT = b"P"
 _DELETE = b"D"
+_SEQUENTIAL = b"S"
 _U16 = struct.Struct(">H")
 _PUT_TAIL = struct.Struct(">qI")
 
 
-def encode_writes(writes: Iterable[Write]) -> bytes:
+def encode_writes(writes: Iterable[PreparedWrite]) -> bytes:
     parts: list[bytes] = []
     for w in writes:
-        key = w.key.encode("utf-8")
         if isinstance(w, Put):
+            key = w.key.encode("utf-8")
             parts += [_PUT, _U16.pack(len(key)), key, _PUT_TAIL.pack(w.lease, len(w.value)), w.value]
-        else:
+        elif isinstance(w, PutSequential):
+            prefix = w.prefix.encode("utf-8")
+            parts += [_SEQUENTIAL, _U16.pack(len(prefix)), prefix, _PUT_TAIL.pack(w.lease, len(w.value)), w.value]
+        elif isinstance(w, Delete):
+            key = w.key.encode("utf-8")
             parts += [_DELETE, _U16.pack(len(key)), key]
+        else:
+            raise Internal(f"{type(w).__name__} is resolved at prepare time and never stored")
     return b"".join(parts)
 
 
-def decode_writes(data: bytes) -> tuple[Write, ...]:
-    out: list[Write] = []
+def decode_writes(data: bytes) -> tuple[PreparedWrite, ...]:
+    out: list[PreparedWrite] = []
     view = memoryview(data)
     pos = 0
     while pos < len(view):
@@ -39,10 +46,11 @@ def decode_writes(data: bytes) -> tuple[Write, ...]:
         (klen,) = _U16.unpack_from(view, pos + 1)
         key = bytes(view[pos + 3 : pos + 3 + klen]).decode("utf-8")
         pos += 3 + klen
-        if tag == _PUT:
+        if tag in (_PUT, _SEQUENTIAL):
             lease, vlen = _PUT_TAIL.unpack_from(view, pos)
             pos += _PUT_TAIL.size
-            out.append(Put(key, bytes(view[pos : pos + vlen]), lease))
+            value = bytes(view[pos : pos + vlen])
+            out.append(Put(key, value, lease) if tag == _PUT else PutSequential(key, value, lease))
             pos += vlen
         elif tag == _DELETE:
             out.append(Delete(key))

@@ -14,7 +14,16 @@ from pathlib import Path
 
 from corral.errors import Internal
 from corral.limits import CLIENT_OUTCOMES_MAX
-from corral.records import CommitRecord, CoordinatorDisk, EndRecord, EpochRecord, Record, ViewRecord
+from corral.records import (
+    CommitRecord,
+    CoordinatorDisk,
+    EndRecord,
+    EpochRecord,
+    LeaseEndRecord,
+    LeaseRecord,
+    Record,
+    ViewRecord,
+)
 from corral.store.mvcc import open_connection
 
 _SCHEMA = """
@@ -29,6 +38,10 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_unended ON decisions (ended, revision);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0), ('last_revision', 0);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY,      -- a live lease (granted, not ended)
+    ttl_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS view (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     number INTEGER NOT NULL,
@@ -75,7 +88,10 @@ class DecisionLog:
         )[::-1]
         row = self._db.execute("SELECT number, members FROM view WHERE id = 1").fetchone()
         view, members = (int(row[0]), tuple(m for m in row[1].split(",") if m)) if row else (0, ())
-        return CoordinatorDisk(int(meta["epoch"]), int(meta["last_revision"]), unended, remembered, view, members)
+        leases = tuple((int(i), int(t)) for i, t in self._db.execute("SELECT id, ttl_ms FROM leases ORDER BY id"))
+        return CoordinatorDisk(
+            int(meta["epoch"]), int(meta["last_revision"]), unended, remembered, view, members, leases
+        )
 
     def write(self, forced: Sequence[Record], lazy: Sequence[Record] = ()) -> None:
         """Make `forced` durable now (with any lazy records pending); keep `lazy` for later."""
@@ -97,6 +113,10 @@ class DecisionLog:
                     db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'last_revision'", (rec.revision,))
                 elif isinstance(rec, EpochRecord):
                     db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (rec.epoch,))
+                elif isinstance(rec, LeaseRecord):
+                    db.execute("INSERT OR REPLACE INTO leases (id, ttl_ms) VALUES (?, ?)", (rec.lease_id, rec.ttl_ms))
+                elif isinstance(rec, LeaseEndRecord):
+                    db.execute("DELETE FROM leases WHERE id = ?", (rec.lease_id,))
                 elif isinstance(rec, ViewRecord):
                     db.execute(
                         "INSERT OR REPLACE INTO view (id, number, members) VALUES (1, ?, ?)",

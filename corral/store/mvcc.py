@@ -33,7 +33,9 @@ from corral.model import (
     Event,
     EventKind,
     KeyValue,
+    PreparedWrite,
     Put,
+    PutSequential,
     Write,
     check_value_size,
     prefix_end,
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (key, mod_revision)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_by_revision ON kv (mod_revision);
+CREATE INDEX IF NOT EXISTS kv_by_lease ON kv (lease) WHERE lease != 0;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -111,7 +114,7 @@ class StoreTxn:
         self.revision = store.revision
         self.connection = store._db
 
-    def apply(self, writes: Sequence[Write], *, revision: int | None = None) -> Applied:
+    def apply(self, writes: Sequence[PreparedWrite], *, revision: int | None = None) -> Applied:
         """Apply `writes` atomically at `revision` (default: the next one).
 
         Revisions may skip (a replica catching up skips ones that wrote nothing) but never go back.
@@ -130,10 +133,11 @@ class StoreTxn:
                 "(config: limits.txn_ops_max)",
                 field="writes",
             )
+        final: list[Write] = [w.materialize(revision) if isinstance(w, PutSequential) else w for w in writes]
         seen: set[str] = set()
-        for w in writes:
+        for w in final:
             if not isinstance(w, Put | Delete):
-                raise InvalidArgument(f"a write must be Put or Delete, got {type(w).__name__}")
+                raise InvalidArgument(f"a write must be Put, Delete or PutSequential, got {type(w).__name__}")
             if w.key in seen:
                 raise InvalidArgument(f"key {w.key!r} appears twice in one transaction", field="key")
             seen.add(w.key)
@@ -142,7 +146,7 @@ class StoreTxn:
         db = self.connection
         prev: list[KeyValue | None] = []
         rows: list[_Row] = []
-        for w in writes:
+        for w in final:
             key = w.key.encode("utf-8")
             old = store._latest(key, self.revision)
             prev.append(old)
@@ -161,6 +165,10 @@ class StoreTxn:
     def get(self, key: str) -> KeyValue | None:
         """The key's state as of this transaction (including its own earlier applies)."""
         return self._store._latest(key.encode("utf-8"), self.revision)
+
+    def keys_with_lease(self, lease: int) -> list[str]:
+        """Live keys attached to `lease` as of this transaction."""
+        return self._store.keys_with_lease(lease, revision=self.revision)
 
     def advance_to(self, revision: int) -> None:
         """Move the revision forward with no writes (catch-up over revisions that changed nothing)."""
@@ -230,7 +238,7 @@ class MVCCStore:
         finally:
             self._in_txn = False
 
-    def txn(self, writes: Sequence[Write]) -> Applied:
+    def txn(self, writes: Sequence[PreparedWrite]) -> Applied:
         """Apply several writes atomically at one new revision."""
         with self.transaction() as tx:
             return tx.apply(writes)
@@ -368,6 +376,17 @@ class MVCCStore:
             else:
                 events.append(Event(EventKind.PUT, _kv(row), prev))
         return events
+
+    def keys_with_lease(self, lease: int, *, revision: int = 0) -> list[str]:
+        """Live keys attached to `lease` at `revision` (0: now), in key order."""
+        at = revision or self._revision
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM (SELECT key, MAX(mod_revision) AS mod_revision, create_revision, version, "
+            "value, lease FROM kv WHERE key IN (SELECT key FROM kv WHERE lease = :lease) AND mod_revision <= :at "
+            "GROUP BY key) WHERE version > 0 AND lease = :lease ORDER BY key",
+            {"lease": lease, "at": at},
+        )
+        return [row[0].decode("utf-8") for row in rows]
 
     def digest(self) -> str:
         """A hash of the whole live key/value state at the current revision (equal on equal replicas)."""

@@ -59,6 +59,10 @@ class ReplicaBatch:
         """Current state of `keys`, including commits applied earlier in this batch."""
         return {key: self._tx.get(key) for key in keys}
 
+    def lease_keys(self, leases: Sequence[int]) -> dict[int, list[str]]:
+        """The live keys attached to each lease, including commits applied earlier in this batch."""
+        return {lease: self._tx.keys_with_lease(lease) for lease in leases}
+
     def write(self, records: Sequence[Record]) -> None:
         db = self._tx.connection
         for rec in records:

@@ -1,0 +1,113 @@
+"""The lease table: client sessions with a TTL, kept alive by the client, ended by expiry or revoke.
+
+A lease:
+    granted (LeaseRecord forced) ──keepalive──▶ TTL restarts
+        ──expired or revoked──▶ ENDING: no new key may attach to it; once no in-flight transaction
+           attaches a key to it, the coordinator deletes every key holding it in one transaction
+        ──that transaction commits──▶ ENDED (LeaseEndRecord with the commit), forgotten
+
+Rules:
+- Only grants and ends are logged: expiry times live in memory, so a coordinator restart gives every
+  live lease a fresh TTL (a restart must not expire every session).
+- A lease id is never reused: it packs the coordinator's epoch above a counter.
+- Keys attach to a lease only through a transaction that the coordinator checked the lease was live
+  for; a lease starts ending only after no such transaction is in flight, so no key is left behind.
+
+This module does no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from corral.errors import InvalidArgument
+
+LeaseId = int
+_COUNTER_BITS = 32
+
+# A lease shorter than this would expire between two keepalives on a loaded machine; longer than the
+# maximum is a mistake (use a key without a lease for something permanent).
+LEASE_TTL_MIN_MS = 100
+LEASE_TTL_MAX_MS = 30 * 24 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class Lease:
+    id: LeaseId
+    ttl_ms: int
+    expires_at_ms: int
+    ending: bool = False
+    waiters: list[int] = field(default_factory=list)  # revoke requests answered when the keys are gone
+
+    def remaining_ms(self, now_ms: int) -> int:
+        return max(0, self.expires_at_ms - now_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A lease as clients see it: its id, granted TTL and time left (0 once ended)."""
+
+    id: LeaseId
+    ttl_ms: int
+    remaining_ms: int
+
+
+def check_ttl(ttl_ms: object) -> int:
+    """Raises InvalidArgument unless `ttl_ms` is an int within the allowed range."""
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int):
+        raise InvalidArgument(f"ttl must be an int number of milliseconds, got {ttl_ms!r}", field="ttl")
+    if not LEASE_TTL_MIN_MS <= ttl_ms <= LEASE_TTL_MAX_MS:
+        raise InvalidArgument(
+            f"ttl is {ttl_ms} ms; use {LEASE_TTL_MIN_MS} ms to {LEASE_TTL_MAX_MS // 86_400_000} days", field="ttl"
+        )
+    return ttl_ms
+
+
+class LeaseTable:
+    """See the module docstring."""
+
+    def __init__(self, epoch: int, granted: tuple[tuple[LeaseId, int], ...], now_ms: int) -> None:
+        self._epoch = epoch
+        self._counter = 0
+        self._leases: dict[LeaseId, Lease] = {lid: Lease(lid, ttl, now_ms + ttl) for lid, ttl in granted}
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def grant(self, ttl_ms: int, now_ms: int) -> Lease:
+        self._counter += 1
+        lease = Lease((self._epoch << _COUNTER_BITS) | self._counter, ttl_ms, now_ms + ttl_ms)
+        self._leases[lease.id] = lease
+        return lease
+
+    def get(self, lease_id: LeaseId) -> Lease | None:
+        return self._leases.get(lease_id)
+
+    def live(self, lease_id: LeaseId) -> bool:
+        lease = self._leases.get(lease_id)
+        return lease is not None and not lease.ending
+
+    def keepalive(self, lease_id: LeaseId, now_ms: int) -> Lease | None:
+        """Restart the lease's TTL; None if it is gone or ending."""
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.ending:
+            return None
+        lease.expires_at_ms = now_ms + lease.ttl_ms
+        return lease
+
+    def expire(self, now_ms: int) -> list[Lease]:
+        """Mark every lease whose TTL ran out as ending; return them."""
+        out = [lease for lease in self._leases.values() if not lease.ending and lease.expires_at_ms <= now_ms]
+        for lease in out:
+            lease.ending = True
+        return out
+
+    def ending(self) -> list[Lease]:
+        return [lease for lease in self._leases.values() if lease.ending]
+
+    def end(self, lease_id: LeaseId) -> Lease | None:
+        return self._leases.pop(lease_id, None)
+
+    def next_expiry_ms(self) -> int | None:
+        times = [lease.expires_at_ms for lease in self._leases.values() if not lease.ending]
+        return min(times) if times else None
