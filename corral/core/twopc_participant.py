@@ -538,6 +538,9 @@ class Participant:
         self._prepared[p.txid] = p
         for key in p.keys:
             self._locks[key] = p.txid
+        for w in p.writes:
+            if isinstance(w, PutSequential):
+                self._sequential.setdefault(w.prefix, set()).add(p.txid)
 
     def _discard(self, out: EffectsBuilder, p: _Prepared) -> None:
         """Drop an in-doubt record without an outcome, and mark the txid forgotten: asked about it
@@ -552,6 +555,12 @@ class Participant:
         del self._prepared[p.txid]
         for key in p.keys:
             del self._locks[key]
+        for w in p.writes:
+            if isinstance(w, PutSequential):
+                holders = self._sequential[w.prefix]
+                holders.discard(p.txid)
+                if not holders:
+                    del self._sequential[w.prefix]
 
     def _remember(self, txid: TxId, revision: int | None) -> None:
         self._outcomes[txid] = revision
