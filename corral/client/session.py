@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -75,28 +76,42 @@ class Session:
             except Exception:  # a bad callback must not hide the loss from the others
                 log.exception("lease=%d on_lost callback failed", self.lease_id)
 
-    async def _requests(self) -> AsyncIterator[pb.LeaseIdRequest]:
+    async def _requests(self, sent: deque[float]) -> AsyncIterator[pb.LeaseIdRequest]:
         interval = self.ttl_s / RENEWALS_PER_TTL
         while True:
+            sent.append(time.monotonic())
             yield pb.LeaseIdRequest(id=self.lease_id)
             await asyncio.sleep(interval)  # the renewal schedule itself, not a synchronisation
 
     async def _keepalive(self) -> None:
+        """Renew until closed. A renewal counts from when its request was *sent* (replies come in
+        order), which is before the coordinator restarted the TTL: so this side always gives the
+        lease up no later than the coordinator expires it. A stream that hangs (the coordinator is
+        stopped) is read with a deadline at the TTL, so silence is noticed too."""
         while not self._closed:
-            if time.monotonic() - self._renewed_at > self.ttl_s:
-                self._lose(f"no renewal for {self.ttl_s:.1f} s (the TTL); the coordinator has expired it")
-                return
+            sent: deque[float] = deque()
             stub = pb_grpc.ClientStub(self.client._channel(self.client.endpoints.coordinator))
-            call = stub.LeaseKeepAlive(self._requests())
+            call = stub.LeaseKeepAlive(self._requests(sent))
             try:
-                async for reply in call:
+                while True:
+                    remaining = self._renewed_at + self.ttl_s - time.monotonic()
+                    if remaining <= 0:
+                        self._lose(f"no renewal for {self.ttl_s:.1f} s (the TTL); the coordinator has expired it")
+                        return
+                    try:
+                        reply = await asyncio.wait_for(call.read(), remaining)
+                    except TimeoutError:
+                        continue  # the loop's check above declares the loss
+                    if not isinstance(reply, pb.LeaseReply):
+                        break  # end of stream
+                    asked_at = sent.popleft() if sent else time.monotonic()
                     if reply.error.code:
                         err = error_from_pb(reply.error)
                         if err.code in (LeaseExpired.code, "not_found"):
                             self._lose(err.message)
                             return
                         continue  # a passing failure (coordinator deadline): the next renewal may work
-                    self._renewed_at = time.monotonic()
+                    self._renewed_at = max(self._renewed_at, asked_at)
             except grpc.aio.AioRpcError as err:
                 log.debug("lease=%d keepalive stream broke: %s", self.lease_id, err.code().name)
             finally:
