@@ -13,12 +13,17 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from corral.errors import Internal
+from corral.config import ClusterConfig, NodeConfig
+from corral.core.messages import Message
+from corral.errors import CorralError, Internal, Unavailable
+from corral.rpc import corral_pb2 as pb
+from corral.rpc.convert import batch_to_pb, error_to_pb
+from corral.services.failpoints import Failpoints
 from corral.store.durability import WalSync
 
 EXIT_INTERNAL = 70
@@ -127,3 +132,72 @@ class Releaser:
                 action()
             except Internal as err:
                 fail_stop(self.node, err)
+
+
+# Steps a batch at once (after any awaits of its own) and returns the future of its answer.
+Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
+
+
+async def answer_stream(
+    requests: AsyncIterator[pb.Batch], inbound: Inbound, me: str, context: Context
+) -> AsyncIterator[pb.Batch]:
+    """The body of a `Peer.Stream` handler: hand each batch to `inbound` as soon as it arrives (it
+    steps the core at once and returns an awaitable of the answer), and send the answers in order."""
+    answers: asyncio.Queue[asyncio.Future[list[Message]] | None] = asyncio.Queue()
+    failure: list[CorralError] = []
+
+    async def pump() -> None:
+        try:
+            async for batch in requests:
+                answers.put_nowait(await inbound(batch))
+        except CorralError as err:
+            failure.append(err)
+        finally:
+            answers.put_nowait(None)
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        while (answer := await answers.get()) is not None:
+            yield batch_to_pb(me, await answer)
+        if failure:
+            code = (
+                grpc.StatusCode.UNAVAILABLE if isinstance(failure[0], Unavailable) else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await context.abort(code, failure[0].message)
+    finally:
+        task.cancel()
+
+
+class PeerEndpoint:
+    """The Peer and Admin handlers every node serves the same way; a service supplies `_inbound`
+    (step a batch, return the future of its answer), `node`, `config` and `faults`."""
+
+    node: NodeConfig
+    config: ClusterConfig
+    faults: Failpoints
+
+    async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        raise NotImplementedError
+
+    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
+        try:
+            answer = await self._inbound(request)
+        except Unavailable as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
+        except CorralError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
+        return batch_to_pb(self.node.name, await answer)
+
+    async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
+        async for answer in answer_stream(request_iterator, self._inbound, self.node.name, context):
+            yield answer
+
+    async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
+        try:
+            self.faults.set(request.name, request.action)
+        except CorralError as err:
+            return pb.FailpointResponse(error=error_to_pb(err))
+        return pb.FailpointResponse()
+
+    def members_pb(self) -> list[pb.Member]:
+        return [pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()]

@@ -16,8 +16,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-import grpc
-
 from corral.config import ClusterConfig, NodeConfig
 from corral.core.leases import LeaseInfo
 from corral.core.messages import (
@@ -39,10 +37,10 @@ from corral.errors import CorralError, FailedPrecondition, Internal, Unavailable
 from corral.records import CommitRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
-from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, txn_from_pb
-from corral.services.base import Context, Releaser, Ticker, deadline_s, fail_stop, now_ms
+from corral.rpc.convert import batch_from_pb, error_to_pb, txn_from_pb
+from corral.services.base import Context, PeerEndpoint, Releaser, Ticker, deadline_s, fail_stop, now_ms
 from corral.services.failpoints import Failpoints
-from corral.services.links import PeerLinks, answer_stream
+from corral.services.links import PeerLinks
 from corral.store.decision_log import DecisionLog
 from corral.store.durability import WalSync
 
@@ -52,7 +50,7 @@ log = logging.getLogger(__name__)
 END_FLUSH_BATCH = 1000
 
 
-class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
+class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
     def __init__(self, config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> None:
         self.config = config
         self.node = node
@@ -232,17 +230,6 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
     async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
         return self._step([Received(batch.src, m) for m in batch_from_pb(batch)], capture=batch.src)
 
-    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
-        try:
-            answer = await self._inbound(request)
-        except CorralError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
-        return batch_to_pb(self.node.name, await answer)
-
-    async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
-        async for answer in answer_stream(request_iterator, self._inbound, self.node.name, context):
-            yield answer
-
     # -- Admin service ---------------------------------------------------------------------------
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
@@ -254,7 +241,7 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
             epoch=self.core.epoch,
             prepared=self.core.in_flight,
             uptime_s=time.monotonic() - self.started_at,
-            members=[pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()],
+            members=self.members_pb(),
             view=self.core.view,
             view_members=list(self.core.members),
             joining=self.core.joining or "",
@@ -263,10 +250,3 @@ class CoordinatorService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.A
     async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:
         wrong = FailedPrecondition("compaction is done on each replica; the coordinator keeps no history")
         return pb.CompactResponse(error=error_to_pb(wrong))
-
-    async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
-        try:
-            self.faults.set(request.name, request.action)
-        except CorralError as err:
-            return pb.FailpointResponse(error=error_to_pb(err))
-        return pb.FailpointResponse()

@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from corral.core.messages import Abort, Commit, Message, Prepare
-from corral.errors import CorralError, Unavailable
 from corral.limits import PEER_BATCH_MAX
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, batch_to_pb
-from corral.services.base import Context
 from corral.services.failpoints import Failpoints
 
 log = logging.getLogger(__name__)
@@ -175,37 +173,3 @@ class PeerLinks:
             except asyncio.CancelledError:
                 pass
             await link.channel.close(grace=None)
-
-
-# Steps a batch at once (after any awaits of its own) and returns the future of its answer.
-Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
-
-
-async def answer_stream(
-    requests: AsyncIterator[pb.Batch], inbound: Inbound, me: str, context: Context
-) -> AsyncIterator[pb.Batch]:
-    """The body of a `Peer.Stream` handler: hand each batch to `inbound` as soon as it arrives (it
-    steps the core at once and returns an awaitable of the answer), and send the answers in order."""
-    answers: asyncio.Queue[asyncio.Future[list[Message]] | None] = asyncio.Queue()
-    failure: list[CorralError] = []
-
-    async def pump() -> None:
-        try:
-            async for batch in requests:
-                answers.put_nowait(await inbound(batch))
-        except CorralError as err:
-            failure.append(err)
-        finally:
-            answers.put_nowait(None)
-
-    task = asyncio.get_running_loop().create_task(pump())
-    try:
-        while (answer := await answers.get()) is not None:
-            yield batch_to_pb(me, await answer)
-        if failure:
-            code = (
-                grpc.StatusCode.UNAVAILABLE if isinstance(failure[0], Unavailable) else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            await context.abort(code, failure[0].message)
-    finally:
-        task.cancel()

@@ -41,10 +41,10 @@ from corral.model import validate_key, validate_prefix, validate_revision
 from corral.records import CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
-from corral.rpc.convert import batch_from_pb, batch_to_pb, error_to_pb, event_to_pb, kv_to_pb
-from corral.services.base import Context, Releaser, Ticker, deadline_s, fail_stop, now_ms
+from corral.rpc.convert import batch_from_pb, error_to_pb, event_to_pb, kv_to_pb
+from corral.services.base import Context, PeerEndpoint, Releaser, Ticker, deadline_s, fail_stop, now_ms
 from corral.services.failpoints import Failpoints
-from corral.services.links import PeerLinks, answer_stream
+from corral.services.links import PeerLinks
 from corral.store.durability import WalSync
 from corral.store.replica_log import ReplicaStorage
 
@@ -62,7 +62,7 @@ LEASE_WAIT_S = 0.3
 _STEP_FAILPOINT = {Prepare: "replica.on_prepare", Commit: "replica.on_commit", Abort: "replica.on_abort"}
 
 
-class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
+class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
     def __init__(self, config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> None:
         self.config = config
         self.node = node
@@ -196,19 +196,6 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             await asyncio.sleep(action.arg_ms / 1000)
         msgs = batch_from_pb(batch)
         return self._process(batch.src, [Received(batch.src, m) for m in msgs], capture=batch.src)
-
-    async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
-        try:
-            answer = await self._inbound(request)
-        except Unavailable as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
-        except CorralError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
-        return batch_to_pb(self.node.name, await answer)
-
-    async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
-        async for answer in answer_stream(request_iterator, self._inbound, self.node.name, context):
-            yield answer
 
     # -- Client service (reads) ------------------------------------------------------------------
 
@@ -350,7 +337,7 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
             pid=os.getpid(),
             prepared=self.core.prepared_count,
             uptime_s=time.monotonic() - self.started_at,
-            members=[pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()],
+            members=self.members_pb(),
             locked_keys=len(self.core.locked_keys()),
             view=self.core.view,
             view_members=list(self.core.members),
@@ -364,10 +351,3 @@ class ReplicaService(pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.Admin
         except CorralError as err:
             return pb.CompactResponse(error=error_to_pb(err))
         return pb.CompactResponse(compact_revision=self.storage.store.compact_revision)
-
-    async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
-        try:
-            self.faults.set(request.name, request.action)
-        except CorralError as err:
-            return pb.FailpointResponse(error=error_to_pb(err))
-        return pb.FailpointResponse()
