@@ -24,7 +24,7 @@ from corral.client.session import Session
 from corral.config import ClusterConfig, find_config
 from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
-from corral.errors import InvalidArgument, Unavailable
+from corral.errors import CorralError, InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, Limits
 from corral.model import (
     Compare,
@@ -256,24 +256,35 @@ class AsyncClient:
     # -- reads ---------------------------------------------------------------------------------
 
     async def _read(self, request: pb.RangeRequest, timeout: float | None) -> pb.RangeResponse:
+        """A read from a random replica; one that cannot answer (down, or no read lease) sends it to
+        the next, until the deadline. A key in doubt keeps a replica waiting to the deadline, so its
+        refusal is what the caller sees."""
         deadline = self._deadline(timeout)
         attempt = 0
-        last = "no replica answered"
+        last: CorralError | None = None
         while True:
             replicas = list(self.endpoints.replicas)
             self._rng.shuffle(replicas)
             for address in replicas:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise Unavailable(f"no replica answered the read before the deadline ({last})")
+                    raise last or Unavailable("no replica answered the read before the deadline")
                 try:
                     response = await pb_grpc.ClientStub(self._channel(address)).Range(request, timeout=remaining)
                 except grpc.aio.AioRpcError as err:
                     if not _is_transport(err):
                         raise Unavailable(f"replica {address} failed: {err.code().name}: {err.details()}") from None
-                    last = f"{address}: {err.code().name}"
+                    if last is None or not last.details.get("replica"):  # a replica's own reason says more
+                        last = Unavailable(
+                            f"no replica answered the read before the deadline ({address}: {err.code().name})"
+                        )
                     continue
-                raise_if_error(response.error)
+                if response.error.code:
+                    failure = error_from_pb(response.error).to_error()
+                    if not isinstance(failure, Unavailable):
+                        raise failure
+                    last = failure
+                    continue
                 return response
             await asyncio.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
             attempt += 1
