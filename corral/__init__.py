@@ -17,12 +17,27 @@ from corral.errors import (
     PeerError,
     Unavailable,
 )
-from corral.model import Compare, CompareOp, CompareTarget, Delete, Event, EventKind, KeyValue, Put
+from corral.client import AsyncClient, Client, connect, connect_async
+from corral.client.session import Session
+from corral.model import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Delete,
+    Event,
+    EventKind,
+    KeyValue,
+    Put,
+    PutSequential,
+    sequential_key,
+)
 from corral.store.mvcc import MVCCStore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Compacted",
     "Compare",
     "CompareOp",
@@ -41,7 +56,12 @@ __all__ = [
     "NotFound",
     "PeerError",
     "Put",
+    "PutSequential",
+    "Session",
     "SnapshotArray",
     "Unavailable",
     "__version__",
+    "connect",
+    "connect_async",
+    "sequential_key",
 ]
