@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from corral.cli import cluster, kv, render
+from corral.cli import cluster, coordination, kv, render
 from corral.errors import CorralError, Internal, InvalidArgument, NotFound
 
 EXIT_OK = 0
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
     cluster.add_commands(sub)
     kv.add_commands(sub)
+    coordination.add_commands(sub)
     return parser
 
 
