@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,7 +391,7 @@ class AsyncClient:
 
     async def watch(
         self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Every change to `key` (or every key under it, with `prefix`) from `start_revision` (0: from
         now), in revision order, with no gaps and no duplicates. If the replica serving it fails, the
         watch resumes on another one from the next revision, by itself.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from corral.errors import LeaseExpired
+from corral.errors import LeaseExpired, NotFound
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import error_from_pb
@@ -54,6 +54,11 @@ class Session:
             callback(self)
         else:
             self._callbacks.append(callback)
+
+    def remove_on_lost(self, callback: Callable[[Session], object]) -> None:
+        """Forget a callback registered with `on_lost` (a holder that released what it held)."""
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
 
     @property
     def alive(self) -> bool:
@@ -127,7 +132,8 @@ class Session:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         if revoke and not self.lost.is_set():
-            with contextlib.suppress(LeaseExpired):
+            # The lease may have ended before we noticed (NotFound): then there is nothing to revoke.
+            with contextlib.suppress(LeaseExpired, NotFound):
                 await self.client.lease_revoke(self.lease_id)
 
     async def __aenter__(self) -> Session:

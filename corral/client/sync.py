@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, NodeStatus, TxnResponse, connect_async
-from corral.model import Compare, KeyValue, Write
+from corral.core.leases import LeaseInfo
+from corral.model import Compare, Event, KeyValue, TxnWrite
 
 _T = TypeVar("_T")
 
@@ -33,8 +34,17 @@ class Client:
             self._stop_loop()
             raise
 
-    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run a coroutine of this client's `aio` on its loop and wait for it (cancelled if the waiting
+        thread is interrupted)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()
+            raise
+
+    _run = run
 
     @property
     def client_id(self) -> str:
@@ -48,6 +58,46 @@ class Client:
     def put(self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None) -> int:
         """Store `value` under `key`; return the revision of the write. See AsyncClient.txn for errors."""
         return self._run(self._aio.put(key, value, lease=lease, timeout=timeout))
+
+    def put_sequential(
+        self, prefix: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
+    ) -> tuple[str, int]:
+        """Create a key under `prefix` named by its commit revision; return (key, revision)."""
+        return self._run(self._aio.put_sequential(prefix, value, lease=lease, timeout=timeout))
+
+    def lease_grant(self, ttl: float) -> LeaseInfo:
+        """A new lease of `ttl` seconds (keep it alive, or its keys are deleted when it expires)."""
+        return self._run(self._aio.lease_grant(ttl))
+
+    def lease_revoke(self, lease_id: int) -> None:
+        """End a lease now; its keys are deleted before this returns."""
+        self._run(self._aio.lease_revoke(lease_id))
+
+    def lease_time_to_live(self, lease_id: int) -> LeaseInfo:
+        """The lease's granted TTL and the milliseconds it has left."""
+        return self._run(self._aio.lease_time_to_live(lease_id))
+
+    def compact(self, revision: int) -> None:
+        """Forget history below `revision` on every replica."""
+        self._run(self._aio.compact(revision))
+
+    def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
+    ) -> Iterator[Event]:
+        """Blocking iteration over `AsyncClient.watch` (stop it by leaving the loop)."""
+        agen = self._aio.watch(key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv)
+
+        async def next_event() -> Event:
+            return await anext(agen)
+
+        try:
+            while True:
+                try:
+                    yield self._run(next_event())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
 
     def delete(self, key: str, *, timeout: float | None = None) -> int:
         """Delete `key`; return the revision of the write."""
@@ -76,8 +126,8 @@ class Client:
     def txn(
         self,
         compares: Sequence[Compare] = (),
-        on_success: Sequence[Write] = (),
-        on_failure: Sequence[Write] = (),
+        on_success: Sequence[TxnWrite] = (),
+        on_failure: Sequence[TxnWrite] = (),
         *,
         timeout: float | None = None,
     ) -> TxnResponse:
