@@ -4,6 +4,8 @@ The public namespace is deliberately thin; everything here is stable API. Intern
 submodules and may move.
 """
 
+from corral.client import AsyncClient, Client, connect, connect_async
+from corral.client.session import Session
 from corral.core.snapshot_array import SnapshotArray
 from corral.errors import (
     Compacted,
@@ -17,8 +19,6 @@ from corral.errors import (
     PeerError,
     Unavailable,
 )
-from corral.client import AsyncClient, Client, connect, connect_async
-from corral.client.session import Session
 from corral.model import (
     Compare,
     CompareOp,

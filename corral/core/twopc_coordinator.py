@@ -32,8 +32,10 @@ Rules:
 - Revisions are assigned at commit time, consecutively; COMMITs reach each participant in revision
   order because the core emits them in that order and shells keep one FIFO link per participant.
 - A COMMIT is re-sent until acknowledged; an ABORT is sent once (presumed abort: a participant that
-  missed it asks, and "no record" means aborted). A participant dropped from the view no longer
-  holds up END: it rejoins by catching up from a member's history, and discards what it held in doubt.
+  missed it asks, and "no record" means aborted). A participant dropped from the view no longer holds
+  up END: it rejoins by catching up from a member's history, and discards what it held in doubt. So a
+  late yes vote is answered ABORT only if it comes from a member: to a dropped replica that does not
+  know it yet, ABORT could be a presumption about a commit that ENDed without it.
 - Resolve queries: PENDING -> PENDING; committed and not ended -> COMMITTED(revision); anything else
   -> ABORTED (presumed abort; for a replica outside the view this means "discard and catch up").
 - Leases (core/leases.py): a put may attach a key only to a live lease; an expired or revoked lease is
@@ -437,8 +439,10 @@ class Coordinator:
     def _on_vote(self, out: EffectsBuilder, src: NodeName, vote: Vote, now_ms: int) -> None:
         p = self._pending.get(vote.txid)
         if p is None:
-            if vote.yes and vote.txid not in self._committed:
-                # A yes for a transaction already aborted: the voter holds locks for nothing.
+            if vote.yes and vote.txid not in self._committed and src in self.members:
+                # A yes for a transaction already aborted: the voter holds locks for nothing. (Or ENDed:
+                # a member applied it and ignores this.) Not to a non-member: the commit may have ENDed
+                # without it, so ABORT would be a presumption; it learns it is outside and discards.
                 out.send.append(Envelope(src, Abort(vote.txid)))
             return
         if src not in p.participants:
@@ -568,6 +572,9 @@ class Coordinator:
     def _on_caught_up(self, out: EffectsBuilder, src: NodeName, msg: CaughtUp, now_ms: int) -> None:
         j = self._joining
         if j is None or j.replica != src or not j.ready_sent:
+            return
+        if msg.applied_revision < self.last_revision:
+            # An answer to the JoinReady of an earlier join (that timed out): the answer to this one follows.
             return
         if msg.applied_revision != self.last_revision:
             # A peer's mistake must not stop the coordinator: refuse the join; the replica tries again.

@@ -32,9 +32,14 @@ Rules:
   left a question unanswered (cooperative termination is for a coordinator that is down, not slow).
 - Only a participant of a transaction may refuse it; it is only ever asked about transactions it was a
   participant of, and refuses one it never saw only if it has not forgotten that far back.
-- The coordinator's ABORTED may be presumed (it forgets ended commits). A member can trust it: every
-  commit it voted on waits for its ack. A replica outside the view (or not yet knowing) must not: it
-  discards what it held in doubt instead, and catching up brings the effect of whatever committed.
+- The coordinator's ABORTED may be presumed (it forgets ended commits). A member can trust it while
+  its read lease holds: the coordinator drops a member only once its lease has expired, and until then
+  every commit it voted on waits for its ack. Without a lease it may have been dropped without knowing
+  it yet, and the commit ENDed without it: it asks again later. A replica outside the view (or not yet
+  knowing) must not either: it discards what it held in doubt instead, and catching up brings the
+  effect of whatever committed.
+- Fetched history is applied only outside the view; a member applies commits only, in revision order
+  (an answer to a fetch made while catching up may arrive after the replica rejoined).
 - Rejoining raises the forgotten mark to the coordinator's highest txid and drops older outcomes:
   what a replica remembers from before it left cannot be trusted to answer other replicas' questions.
 
@@ -78,9 +83,9 @@ from corral.core.messages import (
     Vote,
     writes_digest,
 )
-from corral.errors import Conflict, Internal, InvalidArgument, Unavailable
+from corral.errors import Internal, InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Limits, Timeouts
-from corral.model import PreparedWrite, Put, PutSequential
+from corral.model import SEQUENTIAL_DIGITS, PreparedWrite, Put, PutSequential
 from corral.records import (
     AbortedRecord,
     CaughtUpRecord,
@@ -189,7 +194,17 @@ class Participant:
 
     def is_locked(self, key: str) -> bool:
         """A prepared transaction may change this key (it names it, or may create it sequentially)."""
-        return key in self._locks or any(key.startswith(p) for p in self._sequential)
+        return key in self._locks or (bool(self._sequential) and self._may_be_created(key))
+
+    def _may_be_created(self, key: str) -> bool:
+        """Could a prepared sequential put name its key `key`? Only prefix + a 20-digit revision above
+        what this replica applied: an existing key never can (helper-4 measured needless refusals)."""
+        for prefix in self._sequential:
+            suffix = key[len(prefix) :]
+            named = key.startswith(prefix) and len(suffix) == SEQUENTIAL_DIGITS and suffix.isdigit()
+            if named and int(suffix) > self.applied_revision:
+                return True
+        return False
 
     def locked_keys(self) -> frozenset[str]:
         return frozenset(self._locks)
@@ -244,7 +259,7 @@ class Participant:
         else:
             self.log.warning("replica=%s ignored unexpected %s from %s", self.node, type(msg).__name__, src)
 
-    def _vote_no(self, out: EffectsBuilder, src: NodeName, txid: TxId, err: Unavailable | Conflict) -> None:
+    def _vote_no(self, out: EffectsBuilder, src: NodeName, txid: TxId, err: Unavailable) -> None:
         out.send.append(Envelope(src, Vote(txid, False, reason=ErrorInfo.of(err))))
 
     def _on_prepare(self, out: EffectsBuilder, event: Received, msg: Prepare, now_ms: int) -> None:
@@ -285,14 +300,19 @@ class Participant:
         keys = msg.txn.keys() | lease_held
         busy = sorted(k for k in keys if self.is_locked(k))
         if busy:
-            conflict = Conflict(
-                f"key {busy[0]!r} is locked on {self.node} by a prepared transaction; retry", key=busy[0]
+            # Not the first-wins race (the coordinator answers those with Conflict): a transaction the
+            # coordinator already decided, or one in doubt here, still holds the key. Transient.
+            locked = Unavailable(
+                f"key {busy[0]!r} is locked on {self.node} by a prepared transaction whose outcome it is "
+                "still applying or learning; the write was not applied; retry",
+                key=busy[0],
             )
-            self._vote_no(out, src, txid, conflict)
+            self._vote_no(out, src, txid, locked)
             return
         if deleted and any(self._attaches(p, deleted) for p in self._prepared.values()):
             # A prepared put may still attach a key to a lease being deleted: the key set is not final.
-            self._vote_no(out, src, txid, Conflict(f"a lease being deleted is in use on {self.node}; retry"))
+            in_use = Unavailable(f"a lease being deleted is still in use on {self.node}; retry")
+            self._vote_no(out, src, txid, in_use)
             return
         succeeded, writes = msg.txn.evaluate(reads, lease_keys)
         out.persist.append(PreparedRecord(txid, writes, succeeded, keys, msg.participants))
@@ -365,7 +385,7 @@ class Participant:
             out.send.append(Envelope(self.coordinator, Ack(txid, revision)))
 
     def _on_resolve_reply(self, out: EffectsBuilder, src: NodeName, msg: ResolveReply, now_ms: int) -> None:
-        trusted = self.membership is Membership.MEMBER or src != self.coordinator
+        trusted = self.can_serve_linearizable(now_ms) or src != self.coordinator
         for o in msg.outcomes:
             p = self._prepared.get(o.txid)
             if p is None or p.decided_revision is not None:
@@ -445,6 +465,8 @@ class Participant:
         self._progress_rejoin(out, now_ms)
 
     def _on_fetch_reply(self, out: EffectsBuilder, src: NodeName, msg: FetchReply, now_ms: int) -> None:
+        if self.membership is not Membership.OUTSIDE:
+            return  # a late answer to a fetch made while catching up
         self._fetch_sent_ms = None
         if msg.error is not None:
             # Unavailable: the peer is not a member (just restarted, or left the view); the next tick asks
@@ -577,6 +599,8 @@ class Participant:
         if self.membership is Membership.OUTSIDE:
             if self._fetch_sent_ms is not None:
                 times.append(self._fetch_sent_ms + self.timeouts.resolve_interval_ms)
-            if self._join_sent_ms is not None:
+            if self._join_sent_ms is not None and self._join_target is None and self._level_with_peer:
+                # Only while joining is the next step: a timer left from an earlier Join, once past,
+                # would have the shell tick in a loop while a fetch is still unanswered.
                 times.append(self._join_sent_ms + self.timeouts.join_timeout_ms)
         return min(times)

@@ -5,9 +5,10 @@ PREPARE's compares need (seeing commits applied earlier in the batch), step the 
 records. The batch commits at once (no fsync); votes, acks and other sends go out through the
 releaser, in order, once a grouped WAL fsync has made the batch durable.
 
-Reads (linearizable by default) wait while a key they cover is locked by a prepared transaction,
-up to the caller's deadline, then fail with `Unavailable`: a replica never answers with a value that
-a decided-but-unapplied commit would contradict.
+Reads (linearizable by default) need a read lease, wait while a key they cover is locked by a
+prepared transaction, up to the caller's deadline, then fail with `Unavailable`: a replica never
+answers with a value that a decided-but-unapplied commit would contradict. The lease must still hold
+when the store is read.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         resolves to the messages addressed to `capture` (the answer to the batch being served)."""
         sends: list[Envelope] = []
         wake = None
+        stepped = False
         persisted = persisted_prepare = persisted_commit = False
         try:
             with self.storage.batch() as batch:
@@ -139,12 +141,13 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
                     persisted_prepare |= any(isinstance(r, PreparedRecord) for r in eff.persist)
                     persisted_commit |= any(isinstance(r, CommittedRecord) for r in eff.persist)
                     sends.extend(eff.send)
-                    wake = eff.wake_at_ms
+                    wake, stepped = eff.wake_at_ms, True
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
         ticket = self.wal.note_commit() if persisted else 0
-        self.ticker.wake_at(wake)
+        if stepped:  # a batch of fetches only leaves the core's timer as it was (its lease renewals)
+            self.ticker.wake_at(wake)
         # Locks released by this batch are released in memory and the store holds the applies:
         # waiting reads may look again (a decided commit is final even before our fsync).
         changed, self._changed = self._changed, asyncio.Event()
@@ -276,12 +279,17 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         limit = min(request.limit or self.config.limits.range_limit_max, self.config.limits.range_limit_max)
         if not request.serializable:
             timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
+            started = asyncio.get_running_loop().time()
             await self._wait_for_lease(min(timeout_s, LEASE_WAIT_S))
+            timeout_s -= asyncio.get_running_loop().time() - started  # one deadline for both waits
             # Test-only: a deliberately broken read that ignores prepared keys, to show the
             # linearizability checker catches it (tests/integration/test_nemesis.py).
             broken = self.faults.hit("replica.read.skip_lock_wait")
             if broken is None or broken.kind != "drop":
                 await self._wait_unlocked(locked, what, timeout_s)
+            # The lease is checked again now, when the store is read: the wait for a lock may outlast it,
+            # and a replica dropped meanwhile may have discarded the transaction that held the lock.
+            await self._wait_for_lease(0)
         store = self.storage.store
         if request.prefix:
             kvs = store.range(request.key, revision=revision, limit=limit + 1)

@@ -32,6 +32,7 @@ def run_seed(seed: int, *, verbose: bool = False) -> SimFailure | None:
         print(
             f"seed {seed}: {len(ops)} operations ({ops.count('ok')} ok, {ops.count('failed')} failed, "
             f"{ops.count('unknown')} unknown), {len(sim.commit_records)} commits, {sim.crash_count} crashes, "
+            f"{sim.view_changes} view changes, {len(sim.served_reads)} linearizable reads served, "
             f"net {sim.net.stats}, virtual time {sim.now} ms"
         )
     return failure

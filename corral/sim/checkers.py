@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from corral.core.messages import ErrorInfo, TxnResult, TxnSpec
-from corral.model import Delete, Event, KeyValue, Put
+from corral.model import Delete, Event, KeyValue, PreparedWrite, Put
 from corral.records import AbortedRecord, CommitRecord, CommittedRecord, Record, TxId, format_txid
 from corral.sim import linearizability as lin
 from corral.store.replica_log import ReplicaStorage
@@ -42,6 +42,8 @@ Status = Literal["pending", "ok", "failed", "unknown"]
 # A history this long cannot come from the workload bounds; the linearizability search is given a generous
 # time budget anyway, so a pathological history reports "timed out" instead of stalling CI.
 LINEARIZABILITY_BUDGET_S = 10.0
+# The simulated workload attaches no keys to client leases, so no transaction deletes a lease's keys.
+NO_LEASES: Mapping[int, Sequence[str]] = {}
 
 
 class InvariantViolation(AssertionError):
@@ -194,7 +196,7 @@ def check_writes(obs: Observation) -> None:
         op = writes.get((rec.client_id, rec.seq))
         if op is None or op.txn is None:
             raise InvariantViolation(f"revision {rev} commits client={rec.client_id} seq={rec.seq}, never requested")
-        succeeded, branch = op.txn.evaluate(model)
+        succeeded, branch = op.txn.evaluate(model, NO_LEASES)
         if succeeded != rec.succeeded:
             raise InvariantViolation(
                 f"revision {rev} ({op.describe()}): compares held={succeeded} on the model, decision says "
@@ -251,7 +253,7 @@ def check_reads(obs: Observation) -> None:
             op = writes.get((rec.client_id, rec.seq)) if rec is not None else None
             if rec is None or op is None or op.txn is None:
                 raise InvariantViolation(f"revision {rev} has no decision or no request behind it")
-            _apply(model, op.txn.evaluate(model)[1], rev)
+            _apply(model, op.txn.evaluate(model, NO_LEASES)[1], rev)
         kv = model.get(read.key)
         newest = None if kv is None else kv.value
         if read.value != newest:
@@ -301,8 +303,10 @@ def _linearizable(history: Sequence[OpRecord]) -> None:
             for w in op.txn.on_success:
                 if isinstance(w, Put):
                     ops.append(lin.Operation(op.client, lin.OpKind.PUT, w.key, value=w.value, call=op.call_ms, ret=ret))
-                else:
+                elif isinstance(w, Delete):
                     ops.append(lin.Operation(op.client, lin.OpKind.DELETE, w.key, call=op.call_ms, ret=ret))
+                else:
+                    raise InvariantViolation(f"the checker does not model {w} ({op.describe()})")
     result = lin.check(ops, time_budget_s=LINEARIZABILITY_BUDGET_S)
     if not result.ok:
         raise InvariantViolation(f"history not linearizable (timed_out={result.timed_out}): {result.explanation}")
@@ -325,10 +329,12 @@ def _by_revision(events: Sequence[Event]) -> dict[int, list[_Row]]:
     return out
 
 
-def _apply(model: dict[str, KeyValue], writes: Sequence[Put | Delete], rev: int) -> list[_Row]:
+def _apply(model: dict[str, KeyValue], writes: Sequence[PreparedWrite], rev: int) -> list[_Row]:
     """Apply `writes` to the dict model at `rev`; return the rows a store must have written, in key order."""
     rows: list[_Row] = []
     for w in writes:
+        if not isinstance(w, Put | Delete):
+            raise InvariantViolation(f"the checker's model does not apply {w}")  # the workload never sends one
         old = model.get(w.key)
         if isinstance(w, Put):
             kv = KeyValue(

@@ -8,20 +8,14 @@ and is driven exactly as its real shell (the asyncio/gRPC service) drives it:
   request, message, unreachable report, Tick): step, `check_invariants()`, `log.write(persist, persist_lazy)`
   (the fsync), THEN send and reply. A batch of messages is stepped event by event, then written with one
   `log.write`. Ticks come at the latest step's `wake_at_ms`; a tick that finds nothing in flight flushes
-  pending END marks. A client request past its deadline is never handled (gRPC); at its deadline less a margin
-  the shell answers Unavailable(outcome_unknown). Views, leases and joins are the core's business.
-- participant (`services/replica.py`): `ReplicaStorage` + `Participant`. Per arriving batch: one
-  `storage.batch()`, one step per message (a Prepare with `b.read(compare keys)`), each step's records written
-  into the batch; a FetchRequest is answered by the shell itself, in its place in the batch, exactly as
-  `ReplicaService._fetch`: refused unless this replica believes it is a member, else `ReplicaStorage.fetch`
-  (small bounds per seed, so catching up takes several pages). The batch is durable when it ends, and only then
-  do the collected sends leave. Ticks likewise; `Unreachable` is ignored (the core re-asks from its timer).
-  A batch in which no event was stepped leaves the replica's timer as it was.
-- reads at a replica (`ReplicaService._range`, linearizable): wait up to LEASE_WAIT_MS (bounded by the
-  read's deadline) for `can_serve_linearizable(now)`, failing Unavailable at once if the replica is OUTSIDE;
-  then wait while the key is locked, up to the read's deadline (then Unavailable: in doubt); then, at the
-  instant of reading the store, the lease must still hold (else Unavailable). Each read served is recorded
-  (`ServedRead`) with the coordinator's view and newest decision at that instant, for the lease checker.
+  pending END marks. A client request past its deadline is never handled (gRPC); the shell counts the rest
+  on its own clock less a margin, and then answers Unavailable(outcome_unknown). Views, read leases and
+  joins are the core's business: the shell only carries their messages.
+- replica (`services/replica.py`): `ReplicaStorage` + `Participant`, one storage batch per arriving batch
+  of messages or tick, FetchRequests answered by the shell, linearizable reads under the lease rule: see
+  `nodes.py`. Sends leave once the batch is durable; `Unreachable` is ignored (the core re-asks from its
+  timer). Each read served is recorded (`ServedRead`) with the coordinator's view and newest decision at
+  that instant, for the lease checker.
 
 Crashes drop the core and everything in memory (for the coordinator: its pending END marks,
 `log.close(flush=False)`); the files stay, and a restart rebuilds the core from them. A crash may come between
@@ -32,19 +26,20 @@ A run: start, workload with faults, heal (faults off, every node up), run until 
 replica a member of the coordinator's view and knowing it, nobody joining, no transaction in flight or prepared
 anywhere, every commit ENDed, every replica at the last revision), then the checkers. Not quiescing after
 healing is a liveness failure. Tests script scenarios with the same API (`SimConfig.scripted()`, `put`,
-`read`, `crash(node, when=...)`, `cut_from_coordinator`, `run_until`).
+`read`, `crash(node, when=...)`, `disconnect`, `ask`, `run_until`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Literal, cast
 
 from corral.core.messages import (
     ClientReply,
@@ -54,38 +49,46 @@ from corral.core.messages import (
     Envelope,
     ErrorInfo,
     Event,
-    FetchReply,
-    FetchRequest,
     Message,
-    Prepare,
+    Outcome,
     Received,
+    ResolveReply,
+    ResolveRequest,
     Tick,
     TxnSpec,
     Unreachable,
 )
 from corral.core.twopc_coordinator import Coordinator
 from corral.core.twopc_participant import Membership, Participant
-from corral.errors import CorralError, Unavailable
+from corral.errors import Unavailable
 from corral.records import CommitRecord, Record, TxId, ViewRecord
 from corral.sim.checkers import InvariantViolation, Observation, OpKind, OpRecord, ServedRead, check_all
 from corral.sim.config import CLOCK_OFFSET_MS_MAX, SimConfig
 from corral.sim.faults import plan_faults
-from corral.sim.network import Network, NodeClock, ReadReply, ReadRequest, Scheduler, describe
+from corral.sim.network import Network, NodeClock, ReadRequest, Scheduler, describe
+from corral.sim.nodes import (
+    LEASE_WAIT_MS,
+    Arm,
+    DeliverTo,
+    PendingRead,
+    SimNode,
+    describe_nodes,
+    replica_batch,
+    serve_reads,
+)
 from corral.sim.workload import COORD, Workload
 from corral.store.decision_log import DecisionLog
 from corral.store.replica_log import ReplicaStorage
-
-PEER_MESSAGES: tuple[type, ...] = get_args(Message)
 
 WORKLOAD_MAX_MS = 120_000  # clients are bounded by ops x attempts x timeout; beyond this the simulator is stuck
 # After healing: a rejoin is a few fetch rounds and a join hold, a commit a few retries; even a replica that
 # must wait out a join timeout or two rejoins within ~2 s. Far more than that is a liveness bug.
 QUIESCE_MAX_MS = 10_000
+# Events at one virtual instant: a busy run has tens (a batch, its sends, reads served); this many means a
+# timer that keeps firing at once (a wake time in the past), which would spin a real node's CPU.
+INSTANT_EVENTS_MAX = 10_000
+ASK_MAX_MS = 1_000  # a scripted query's answer takes two network delays; this much means none is coming
 DEADLINE_MARGIN_MS = 50  # the coordinator shell answers this much before a request's deadline (services.base)
-# How long a read waits for a read lease about to be granted (services.replica LEASE_WAIT_S, in ms).
-LEASE_WAIT_MS = 300
-
-DeliverTo = frozenset[str] | Literal["all", "some"]
 
 
 class SimFailure(Exception):
@@ -94,47 +97,6 @@ class SimFailure(Exception):
     def __init__(self, seed: int, message: str) -> None:
         super().__init__(f"seed {seed}: {message}\nreplay: python -m corral.sim --seed {seed} --verbose")
         self.seed = seed
-
-
-@dataclass(slots=True)
-class _Arm:
-    """Crash `node` right after its first step whose effects satisfy `when` (records already durable)."""
-
-    when: Callable[[Effects], bool]
-    deliver_to: DeliverTo
-    down_ms: int | None
-
-
-@dataclass(slots=True)
-class _Read:
-    """A linearizable read waiting at a replica: first for a read lease (until `lease_by`), then for its key."""
-
-    client: str
-    req: ReadRequest
-    lease_by: int
-    leased: bool = False
-
-
-@dataclass(slots=True)
-class _Node:
-    name: str
-    path: Path
-    clock: NodeClock
-    incarnation: int = 0
-    arm: _Arm | None = None
-    tick_at: int | None = None  # virtual time of the next Tick
-    log: DecisionLog | None = None  # coordinator
-    coord: Coordinator | None = None
-    storage: ReplicaStorage | None = None  # participant
-    part: Participant | None = None
-    reads: list[_Read] = field(default_factory=list)
-
-    @property
-    def up(self) -> bool:
-        return self.coord is not None or self.part is not None
-
-    def local(self, virtual_ms: int) -> int:
-        return self.clock.local(virtual_ms)
 
 
 class _TraceHandler(logging.Handler):
@@ -146,16 +108,6 @@ class _TraceHandler(logging.Handler):
         self.sim.note(f"log {record.levelname.lower()} {record.getMessage()}")
         if record.levelno >= logging.ERROR:
             self.sim.core_errors.append(record.getMessage())
-
-
-def persists(kind: type) -> Callable[[Effects], bool]:
-    """A crash trigger: the step persisted a record of `kind`."""
-    return lambda eff: any(isinstance(r, kind) for r in eff.persist)
-
-
-def sends(kind: type, to: str | None = None) -> Callable[[Effects], bool]:
-    """A crash trigger: the step sends a message of `kind` (to `to`, if given)."""
-    return lambda eff: any(isinstance(e.msg, kind) and to in (None, e.dst) for e in eff.send)
 
 
 class SimCluster:
@@ -173,8 +125,8 @@ class SimCluster:
         shm = Path("/dev/shm")
         self._dir = Path(tempfile.mkdtemp(prefix="corral-sim-", dir=shm if shm.is_dir() else None))
         self.names = tuple(f"r{i + 1}" for i in range(self.cfg.participants))
-        self.coordinator = _Node(COORD, self._dir / "coordinator.db", self._clock())
-        self.replicas = {n: _Node(n, self._dir / f"{n}.db", self._clock()) for n in self.names}
+        self.coordinator = SimNode(COORD, self._dir / "coordinator.db", self._clock())
+        self.replicas = {n: SimNode(n, self._dir / f"{n}.db", self._clock()) for n in self.names}
         self._nodes = {COORD: self.coordinator, **self.replicas}
         self.net = Network(
             self.sched,
@@ -201,8 +153,10 @@ class SimCluster:
         self.commits_sent: dict[TxId, set[int]] = {}
         self.replica_records: dict[str, list[Record]] = {n: [] for n in self.names}
         self.served_reads: list[ServedRead] = []
+        self.probes: dict[str, list[object]] = {}  # what scripted peers (`ask`) received
         self.view_members: tuple[str, ...] = self.names  # the coordinator's durable view (all, before its first)
         self.decided_revision = 0  # the newest revision in the coordinator's log
+        self.view_changes = 0  # ViewRecords the coordinator wrote (the first view included)
         self.healed = False
         self.crash_count = 0
         self._waiting: dict[int, int] = {}  # request id -> coordinator incarnation still owing an answer
@@ -253,11 +207,16 @@ class SimCluster:
     def run_until(self, cond: Callable[[], bool], max_ms: int) -> bool:
         """Run events until `cond()` holds (True) or `max_ms` of virtual time pass (False)."""
         limit = self.now + max_ms
+        instant, events = self.now, 0
         while not cond():
             t = self.sched.next_time()
             if t is None or t > limit:
                 self.sched.advance_to(limit)
                 return cond()
+            events = events + 1 if t == instant else 0
+            if events > INSTANT_EVENTS_MAX:
+                raise InvariantViolation(f"{events} events at t={t} and counting: a node is spinning ({self.state()})")
+            instant = t
             self.sched.run_one()
             if self.core_errors:
                 raise InvariantViolation(f"a core logged an error: {self.core_errors[0]}")
@@ -296,23 +255,7 @@ class SimCluster:
             raise InvariantViolation(f"no quiescence {max_ms} ms after healing: {self.state()}")
 
     def state(self) -> str:
-        c = self.coordinator.coord
-        parts = [
-            (
-                f"coordinator in_flight={c.in_flight} unended={c.unended} revision={c.last_revision} "
-                f"view={c.view} members={','.join(c.members)} joining={c.joining}"
-            )
-            if c
-            else "c down"
-        ]
-        for name, r in self.replicas.items():
-            p = r.part
-            parts.append(
-                f"{name} {p.membership.value} view={p.view} applied={p.applied_revision} prepared={p.prepared_count}"
-                if p
-                else f"{name} down"
-            )
-        return "; ".join(parts)
+        return describe_nodes(self.coordinator, self.replicas.values())
 
     def check(self) -> None:
         """Run the checkers (after quiescence)."""
@@ -370,7 +313,7 @@ class SimCluster:
         if when is None:
             self._crash(n, down_ms)
         else:
-            n.arm = _Arm(when, target, down_ms)
+            n.arm = Arm(when, target, down_ms)
 
     def restart(self, node: str) -> None:
         n = self._nodes[node]
@@ -381,20 +324,35 @@ class SimCluster:
         else:
             self._start_replica(n)
 
-    def cut_from_coordinator(self, replica: str, ms: int | None = None) -> None:
-        """Cut the links between `replica` and the coordinator (clients and peers still reach it), for `ms`
-        (None: until `reconnect` or `heal`)."""
-        self.note(f"node={replica} cut off from {COORD}")
-        if ms is None:
-            self.net.block(replica, COORD)
-            self.net.block(COORD, replica)
-        else:
-            self.net.cut_link(replica, COORD, self.now + ms)
+    def disconnect(self, node: str, *others: str) -> None:
+        """Cut the links between `node` and each of `others`, both ways, until `reconnect` or `heal`
+        (a replica cut off from the coordinator only: `disconnect("r3", "c")`; clients still reach it)."""
+        self.note(f"node={node} disconnected from {','.join(others)}")
+        for other in others:
+            self.net.block(node, other)
+            self.net.block(other, node)
 
-    def reconnect(self, replica: str) -> None:
-        self.note(f"node={replica} reconnected to {COORD}")
-        self.net.unblock(replica, COORD)
-        self.net.unblock(COORD, replica)
+    def reconnect(self, node: str, *others: str) -> None:
+        self.note(f"node={node} reconnected to {','.join(others)}")
+        for other in others:
+            self.net.unblock(node, other)
+            self.net.unblock(other, node)
+
+    def ask(self, replica: str, txid: TxId, *, asker: str = "probe") -> Outcome:
+        """What `replica` answers a participant's termination query about `txid` (`asker` stands for a peer
+        the replica cannot tell from a real one)."""
+        self.net.send(asker, replica, [ResolveRequest((txid,))])
+        replies = self.probes.setdefault(asker, [])
+        asked = len(replies)
+        assert self.run_until(lambda: len(replies) > asked, ASK_MAX_MS), f"{replica} did not answer"
+        reply = replies[asked]
+        assert isinstance(reply, ResolveReply), reply
+        return reply.outcomes[0]
+
+    def can_serve(self, replica: str) -> bool:
+        """`replica` would serve a linearizable read now (it is up, a member, and its read lease holds)."""
+        node = self.replicas[replica]
+        return node.part is not None and node.part.can_serve_linearizable(node.local(self.now))
 
     def value(self, replica: str, key: str) -> bytes | None:
         storage = self.replicas[replica].storage
@@ -432,7 +390,7 @@ class SimCluster:
         core.check_invariants()
         self._coord_perform([eff])
 
-    def _start_replica(self, node: _Node) -> None:
+    def _start_replica(self, node: SimNode) -> None:
         node.incarnation += 1
         node.storage = ReplicaStorage(node.path, synchronous="OFF", outcomes_max=self.cfg.outcomes_max)
         disk = node.storage.load()
@@ -450,7 +408,7 @@ class SimCluster:
         self.note(f"node={node.name} start revision={disk.applied_revision} prepared={len(disk.prepared)}")
         self._set_wake(node, node.local(self.now))  # ask about anything recovered in doubt, and for a lease
 
-    def _crash(self, node: _Node, down_ms: int | None) -> None:
+    def _crash(self, node: SimNode, down_ms: int | None) -> None:
         if not node.up:
             return
         self.note(f"node={node.name} crash" + (f" down_ms={down_ms}" if down_ms is not None else ""))
@@ -469,7 +427,7 @@ class SimCluster:
             inc = node.incarnation
             self.sched.after(down_ms, lambda: self.restart(node.name) if node.incarnation == inc else None)
 
-    def _set_wake(self, node: _Node, wake_local_ms: int | None) -> None:
+    def _set_wake(self, node: SimNode, wake_local_ms: int | None) -> None:
         """The shells' Ticker: tick when the latest step's wake time (on the node's clock) comes."""
         if wake_local_ms is None:
             node.tick_at = None
@@ -485,7 +443,7 @@ class SimCluster:
 
         self.sched.at(wake, fire)
 
-    def _tick(self, node: _Node) -> None:
+    def _tick(self, node: SimNode) -> None:
         if node.coord is not None:
             self._coord_steps([Tick()])
             # The shell flushes END marks when a tick finds it idle; some seeds skip some, to lose more.
@@ -510,7 +468,7 @@ class SimCluster:
                 inc = node.incarnation
                 self._waiting[ev.request_id] = inc
                 due = node.clock.virtual(ev.deadline_ms)
-                self.sched.at(due, lambda rid=ev.request_id: self._server_timeout(rid, inc))
+                self.sched.at(due, functools.partial(self._server_timeout, ev.request_id, inc))
         self._coord_perform(effects)
 
     def _coord_perform(self, effects: Sequence[Effects]) -> None:
@@ -524,6 +482,7 @@ class SimCluster:
                 self.decided_revision = max(self.decided_revision, rec.revision)
             elif isinstance(rec, ViewRecord):
                 self.view_members = rec.members
+                self.view_changes += 1
                 self.note(f"node={COORD} view={rec.view} members={','.join(rec.members)}")
         out = tuple(env for e in effects for env in e.send)
         replies = tuple(r for e in effects for r in e.reply)
@@ -539,109 +498,39 @@ class SimCluster:
 
     # -- the replica's shell ---------------------------------------------------------------------------
 
-    def _replica_batch(self, node: _Node, events: Sequence[Event]) -> None:
-        """The replica shell: one storage batch (one fsync) for all events, then the sends."""
-        core, storage = node.part, node.storage
-        assert core is not None and storage is not None
-        now = node.local(self.now)
-        persisted: list[Record] = []
-        out: list[Envelope] = []
-        wake: int | None = None
-        stepped = False
-        with storage.batch() as b:
-            for ev in events:
-                if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest):
-                    out.append(Envelope(ev.src, self._fetch(core, storage, ev.msg)))
-                    continue
-                event = ev
-                if isinstance(ev, Received) and isinstance(ev.msg, Prepare):
-                    event = Received(ev.src, ev.msg, b.read(ev.msg.txn.compare_keys()))
-                eff = core.step(event, now)
-                core.check_invariants()
-                b.write(eff.persist)
-                persisted.extend(eff.persist)
-                out.extend(eff.send)
-                wake, stepped = eff.wake_at_ms, True
-        self.replica_records[node.name].extend(persisted)
-        self._after_step(node, Effects(tuple(persisted), (), tuple(out), (), wake), set_wake=stepped)
+    def _replica_batch(self, node: SimNode, events: Sequence[Event]) -> None:
+        """The replica shell (`nodes.replica_batch`): one storage batch for all events, then the sends."""
+        assert node.part is not None and node.storage is not None
+        bounds = (self.cfg.fetch_revisions_max, self.cfg.fetch_bytes_max)
+        eff, stepped = replica_batch(node.part, node.storage, events, node.local(self.now), bounds)
+        self.replica_records[node.name].extend(eff.persist)
+        self._after_step(node, eff, set_wake=stepped)
         self._serve_reads(node)
 
-    def _fetch(self, core: Participant, storage: ReplicaStorage, req: FetchRequest) -> FetchReply:
-        """`ReplicaService._fetch`: committed history for a replica catching up, from a member only."""
-        if core.membership is not Membership.MEMBER:
-            err = Unavailable(f"{core.node} is not a member of the view; fetch from a member")
-            return FetchReply((), 0, False, ErrorInfo.of(err))
-        try:
-            revisions, through, complete = storage.fetch(
-                req.from_revision, revisions_max=self.cfg.fetch_revisions_max, bytes_max=self.cfg.fetch_bytes_max
-            )
-        except CorralError as err:
-            return FetchReply((), 0, False, ErrorInfo.of(err))
-        return FetchReply(revisions, through, complete)
+    def _serve_reads(self, node: SimNode) -> None:
+        """Answer the reads waiting at `node` that can be answered now; record each one served."""
+        for read, reply in serve_reads(node, self.now):
+            if reply.error is None:
+                served = ServedRead(
+                    node.name, read.req.key, reply.value, self.now, self.decided_revision, self.view_members
+                )
+                self.served_reads.append(served)
+            self.net.send(node.name, read.client, [reply], token=node.incarnation)
 
-    def _serve_reads(self, node: _Node) -> None:
-        """`ReplicaService._range` for every waiting read: lease first, then locks, then the lease again."""
-        core, storage = node.part, node.storage
-        if core is None or storage is None or not node.reads:
-            return
-        now = node.local(self.now)
-        waiting: list[_Read] = []
-        for read in node.reads:
-            req = read.req
-            error: Unavailable | None = None
-            if not read.leased:
-                if core.can_serve_linearizable(now):
-                    read.leased = True
-                elif core.membership is Membership.OUTSIDE or self.now >= read.lease_by:
-                    error = self._no_lease(core)
-            if read.leased:
-                if core.is_locked(req.key):
-                    if self.now >= req.deadline_ms:
-                        error = Unavailable(f"key {req.key!r} is in doubt on {node.name}; try again later", key=req.key)
-                elif not core.can_serve_linearizable(now):
-                    error = self._no_lease(core)  # the wait for the lock outlived the lease
-                else:
-                    kv = storage.store.get(req.key)
-                    value = None if kv is None else kv.value
-                    self.served_reads.append(
-                        ServedRead(node.name, req.key, value, self.now, self.decided_revision, self.view_members)
-                    )
-                    self.net.send(node.name, read.client, [ReadReply(req.request_id, value)], token=node.incarnation)
-                    continue
-            if error is None:
-                waiting.append(read)
-                continue
-            self.net.send(node.name, read.client, [ReadReply(req.request_id, error=ErrorInfo.of(error))])
-        node.reads = waiting
-
-    @staticmethod
-    def _no_lease(core: Participant) -> Unavailable:
-        return Unavailable(
-            f"{core.node} holds no read lease ({core.membership.value}); another replica can answer", replica=core.node
-        )
-
-    def _after_step(self, node: _Node, eff: Effects, *, set_wake: bool = True) -> None:
+    def _after_step(self, node: SimNode, eff: Effects, *, set_wake: bool = True) -> None:
         """The step's records are durable: crash here if armed, else send, reply and set the wake time."""
         arm = node.arm
         if arm is not None and arm.when(eff):
-            reply_to = self.workload.reply_to
-            dsts = sorted({e.dst for e in eff.send} | {reply_to.get(r.request_id, "") for r in eff.reply})
-            if arm.deliver_to == "all":
-                keep = frozenset(dsts)
-            elif arm.deliver_to == "some":
-                keep = frozenset(d for d in dsts if self.rng.random() < 0.5)
-            else:
-                keep = arm.deliver_to
-            self.note(f"node={node.name} crash after durable step; sends to {sorted(keep) or 'nobody'} go out")
-            replies = [r for r in eff.reply if reply_to.get(r.request_id) in keep]
-            self._emit(node, [e for e in eff.send if e.dst in keep], replies)
+            out, replies = arm.what_gets_out(eff, self.workload.reply_to, self.rng)
+            self.note(f"node={node.name} crash after durable step; {len(out) + len(replies)} sends go out")
+            self._emit(node, out, replies)
             self._crash(node, arm.down_ms)
             return
         self._emit(node, eff.send, eff.reply)
         if set_wake:
             self._set_wake(node, eff.wake_at_ms)
 
-    def _emit(self, node: _Node, out: Sequence[Envelope], replies: Sequence[ClientReply]) -> None:
+    def _emit(self, node: SimNode, out: Sequence[Envelope], replies: Sequence[ClientReply]) -> None:
         by_dst: dict[str, list[object]] = {}
         for env in out:
             by_dst.setdefault(env.dst, []).append(env.msg)
@@ -662,7 +551,10 @@ class SimCluster:
         node = self._nodes.get(dst)
         if node is None:
             for item in items:
-                self.workload.receive(dst, item)
+                if dst in self.workload.clients:
+                    self.workload.receive(dst, item)
+                else:
+                    self.probes.setdefault(dst, []).append(item)
         elif node is self.coordinator:  # up: the network delivers only to live nodes
             for item in items:
                 if isinstance(item, ClientTxn):
@@ -672,17 +564,17 @@ class SimCluster:
                     if remaining > 0 and node.up:
                         deadline = node.local(self.now) + remaining - min(DEADLINE_MARGIN_MS, remaining // 10)
                         self._coord_steps([replace(item, deadline_ms=deadline)])
-            peer: list[Event] = [Received(src, m) for m in items if isinstance(m, PEER_MESSAGES)]
+            peer: list[Event] = [Received(src, m) for m in items if isinstance(m, Message)]
             if peer and node.up:
                 self._coord_steps(peer)
         else:
-            msgs: list[Event] = [Received(src, m) for m in items if isinstance(m, PEER_MESSAGES)]
+            msgs: list[Event] = [Received(src, m) for m in items if isinstance(m, Message)]
             if msgs:
                 self._replica_batch(node, msgs)
             inc = node.incarnation
             for item in items:
                 if isinstance(item, ReadRequest) and node.up:
-                    read = _Read(src, item, min(self.now + LEASE_WAIT_MS, item.deadline_ms))
+                    read = PendingRead(src, item, min(self.now + LEASE_WAIT_MS, item.deadline_ms))
                     node.reads.append(read)
                     for t in sorted({read.lease_by, item.deadline_ms}):
                         self.sched.at(t, lambda: self._serve_reads(node) if node.incarnation == inc else None)
@@ -692,9 +584,9 @@ class SimCluster:
         node = self._nodes.get(src)
         if node is None or not node.up or node.incarnation != token:
             return  # a client just times out; a crashed sender's connections died with it
-        msgs = tuple(m for m in items if isinstance(m, PEER_MESSAGES))
+        msgs = tuple(m for m in items if isinstance(m, Message))
         if not msgs:
             return
         self.note(f"node={src} unreachable dst={dst} n={len(msgs)}")
         if node.coord is not None:  # a replica's shell ignores it: its core re-asks from the timer
-            self._coord_steps([Unreachable(dst, cast(tuple[Message, ...], msgs))])
+            self._coord_steps([Unreachable(dst, msgs)])

@@ -133,7 +133,10 @@ def describe(item: object) -> str:
         return f"request={item.request_id} client={item.client_id} seq={item.seq} txn keys={keys}"
     if isinstance(item, ClientReply):
         r = item.result
-        what = f"revision={r.revision} succeeded={r.succeeded}" if isinstance(r, TxnResult) else f"error={r.code}"
+        if isinstance(r, TxnResult):
+            what = f"revision={r.revision} succeeded={r.succeeded}"
+        else:
+            what = f"error={r.code}" if isinstance(r, ErrorInfo) else repr(r)
         return f"request={item.request_id} reply {what}"
     if isinstance(item, ReadRequest):
         return f"request={item.request_id} read key={item.key} deadline={item.deadline_ms}"
@@ -186,6 +189,8 @@ class NodeClock:
 
     def virtual(self, local_ms: int) -> int:
         """The first virtual instant at which this clock reads `local_ms` or later."""
+        if self.rate == 1.0:
+            return max(0, local_ms - self.offset_ms)
         t = max(0, math.ceil((local_ms - self.offset_ms) / self.rate))
         while self.local(t) < local_ms:
             t += 1
@@ -257,7 +262,7 @@ class Network:
         self._trace = trace
         self._links: dict[tuple[str, str], _Link] = {}
         self._cut_until: dict[str, int] = {}
-        self._link_cut_until: dict[frozenset[str], int] = {}
+        self._link_cut_until: dict[tuple[str, str], int] = {}  # both directions of a cut link
         self._blocked: set[tuple[str, str]] = set()
         self.stats = NetStats()
 
@@ -269,8 +274,8 @@ class Network:
 
     def cut_link(self, a: str, b: str, until_ms: int) -> None:
         """Cut the links between `a` and `b`, both ways, until `until_ms`; both still reach everyone else."""
-        pair = frozenset((a, b))
-        self._link_cut_until[pair] = max(until_ms, self._link_cut_until.get(pair, 0))
+        for link in ((a, b), (b, a)):
+            self._link_cut_until[link] = max(until_ms, self._link_cut_until.get(link, 0))
 
     def block(self, src: str, dst: str) -> None:
         self._blocked.add((src, dst))
@@ -288,13 +293,14 @@ class Network:
         return self._cut_until.get(node, -1) > self.sched.now_ms
 
     def reachable(self, src: str, dst: str) -> bool:
-        return (
-            self._is_up(dst)
-            and not self.is_cut(src)
-            and not self.is_cut(dst)
-            and (src, dst) not in self._blocked
-            and self._link_cut_until.get(frozenset((src, dst)), -1) <= self.sched.now_ms
-        )
+        if not self._is_up(dst):
+            return False
+        now = self.sched.now_ms
+        cut = self._cut_until
+        if cut and (cut.get(src, -1) > now or cut.get(dst, -1) > now):
+            return False
+        link = (src, dst)
+        return link not in self._blocked and self._link_cut_until.get(link, -1) <= now
 
     def forget_sender(self, src: str) -> None:
         """`src` crashed: messages queued in its memory are gone (batches on the wire still arrive)."""

@@ -159,12 +159,18 @@ def test_sequential_put_is_named_by_its_revision_and_locks_its_prefix() -> None:
     p.step(Received("c", Prepare(1, TxnSpec(on_success=(PutSequential("/q/item-", b"x"),)), NODES), {}), 0)
     assert p.is_locked("/q/item-00000000000000000001") and p.any_locked_with_prefix("/q/")
     assert not p.is_locked("/q/other") and not p.any_locked_with_prefix("/r/")
-    # A compare on a name it might create must wait too: the vote is no.
-    cas = TxnSpec(compares=(Compare("/q/item-0", CompareTarget.VERSION, CompareOp.EQUAL, 0),))
-    eff = p.step(Received("c", Prepare(2, cas, NODES), {"/q/item-0": None}), 1)
+    # A compare on a name it might create must wait too: the vote is no...
+    name = "/q/item-00000000000000000005"
+    cas = TxnSpec(compares=(Compare(name, CompareTarget.VERSION, CompareOp.EQUAL, 0),))
+    eff = p.step(Received("c", Prepare(2, cas, NODES), {name: None}), 1)
     assert isinstance(eff.send[0].msg, Vote) and not eff.send[0].msg.yes
+    # ...but a key that can never be its name (not prefix + 20 digits) is not held up.
+    other = TxnSpec(on_success=(Put("/q/item-head", b"1"),))
+    eff = p.step(Received("c", Prepare(3, other, NODES), {}), 1)
+    assert isinstance(eff.send[0].msg, Vote) and eff.send[0].msg.yes
     eff = p.step(Received("c", Commit(1, 1)), 2)
     assert eff.persist == (CommittedRecord(1, 1, (Put("/q/item-00000000000000000001", b"x"),)),)
+    p.step(Received("c", Commit(3, 2)), 3)
     assert not p.any_locked_with_prefix("/q/")
 
 

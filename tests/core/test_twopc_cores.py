@@ -294,12 +294,14 @@ def test_commits_apply_in_revision_order() -> None:
 
 
 def test_locked_key_gets_a_no_vote() -> None:
-    """Replicas lock keys at prepare, a second line of defence behind the coordinator's check."""
+    """Replicas lock keys at prepare, a second line of defence behind the coordinator's check. A key a
+    replica still holds locked is a transient refusal (not applied, retry), not the first-wins Conflict."""
     p = Participant("r1", "c", NODES, ParticipantDisk(), timeouts=T)
     p.step(Received("c", Prepare(1, put("a", b"1")), {}), 0)
     eff = p.step(Received("c", Prepare(2, put("a", b"2")), {}), 0)
     vote = eff.send[0].msg
-    assert isinstance(vote, Vote) and not vote.yes and vote.reason is not None and vote.reason.code == "conflict"
+    assert isinstance(vote, Vote) and not vote.yes and vote.reason is not None
+    assert vote.reason.code == "unavailable" and "'a' is locked" in vote.reason.message
 
 
 def test_core_refuses_input_after_an_internal_error() -> None:

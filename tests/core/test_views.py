@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from corral.core.messages import (
+    Abort,
+    Ack,
     CaughtUp,
     ClientTxn,
     Commit,
@@ -65,6 +71,11 @@ def started(min_replicas: int = 2) -> Coordinator:
 def renew(c: Coordinator, now: int, *members: str) -> None:
     for m in members:
         c.step(Received(m, LeaseRequest(now, 0)), now)
+
+
+def joining(c: Coordinator) -> str | None:
+    """`c.joining`, read afresh (a property: a step may change it after an assert narrowed it)."""
+    return c.joining
 
 
 def prepares_to(eff: Effects) -> list[str]:
@@ -235,11 +246,124 @@ def test_commit_to_a_replica_that_left_does_not_hold_up_end() -> None:
     for r in NODES:
         c.step(Received(r, Vote(txid, True, True)), now)
     renew(c, now, "r1", "r2")
-    from corral.core.messages import Ack
-
     c.step(Received("r1", Ack(txid, 1)), now + 1)
     c.step(Received("r2", Ack(txid, 1)), now + 2)
     assert c.unended == 1  # waiting for r3
     eff = c.step(Tick(), EXPIRY)
     assert c.unended == 0 and eff.persist_lazy  # END once r3 left the view
     assert not any(isinstance(e.msg, Commit) and e.dst == "r3" for e in c.step(Tick(), EXPIRY + 500).send)
+
+
+def test_outside_replica_never_asks_to_be_woken_in_the_past() -> None:
+    """A replica that asked to join and went back to fetching (no member answers) must not keep the
+    expired join timer as its wake time: its shell would tick in a loop (found by the simulator,
+    tests/sim/regressions.py)."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    eff = p.step(Tick(), 1)
+    (fetch,) = [e for e in eff.send if isinstance(e.msg, FetchRequest)]
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, True)), 2)
+    assert [e.msg for e in eff.send] == [Join(0)]
+    p.step(Tick(), 3)  # fetches again before the next Join; nobody answers (members down)
+    for now in range(4, 4 * T.join_timeout_ms, 97):
+        eff = p.step(Tick(), now)
+        assert eff.wake_at_ms is not None and eff.wake_at_ms > now, (now, eff.wake_at_ms)
+
+
+def _dropped_in_doubt() -> tuple[Participant, int]:
+    """r3 voted yes on txid 42 with a lease from request 100, then heard nothing (cut off from the
+    coordinator): meanwhile 42 may have committed, r3 been dropped, and 42 ENDed without r3's ack."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(), timeouts=T)
+    p.step(Received("c", LeaseGrant(1, NODES, T.read_lease_ms, 100)), 101)
+    eff = p.step(Received("c", Prepare(42, put("k"), NODES), {}), 102)
+    assert eff.send[0].msg.yes  # type: ignore[union-attr]
+    return p, 42
+
+
+def test_member_with_a_live_lease_trusts_the_coordinators_abort() -> None:
+    p, txid = _dropped_in_doubt()
+    eff = p.step(Received("c", ResolveReply((Outcome(txid, OutcomeKind.ABORTED),))), 100 + T.read_lease_ms - 1)
+    assert eff.persist and not p.is_locked("k")
+
+
+def test_member_without_a_lease_does_not_trust_a_presumed_abort() -> None:
+    """A replica that lost its lease may have been dropped without knowing it, and the commit ENDed
+    without its ack: the coordinator's ABORTED is then presumed, not a decision. It waits until it
+    renews its lease (still a member: then the answer is true) or learns it is outside (then it
+    discards). Found by the simulator (seeds 569, 619: an AbortedRecord for a committed transaction)."""
+    p, txid = _dropped_in_doubt()
+    late = 100 + T.read_lease_ms
+    eff = p.step(Received("c", ResolveReply((Outcome(txid, OutcomeKind.ABORTED),))), late)
+    assert eff.persist == () and p.is_locked("k")
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), late + 1)
+    eff = p.step(Received("c", ResolveReply((Outcome(txid, OutcomeKind.ABORTED),))), late + 2)
+    assert eff.persist == (DiscardedRecord(txid), ForgottenRecord(txid)) and not p.is_locked("k")
+
+
+def test_late_yes_from_a_dropped_replica_gets_no_presumed_abort() -> None:
+    """A yes for a transaction that committed and ENDed without the voter (dropped from the view):
+    answering ABORT would make the voter, still believing it is a member, abort a committed
+    transaction. Only members get that answer (their commits wait for their acks)."""
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    now = EXPIRY - 10
+    c.step(ClientTxn(1, "cl", 1, put("k"), now + 10_000), now)
+    txid = next(iter(c._pending))
+    for r in NODES:
+        c.step(Received(r, Vote(txid, True, True)), now)
+    renew(c, now, "r1", "r2")
+    c.step(Received("r1", Ack(txid, 1)), now + 1)
+    c.step(Received("r2", Ack(txid, 1)), now + 2)
+    c.step(Tick(), EXPIRY)  # r3 dropped: the commit ENDs without it
+    assert c.unended == 0 and "r3" not in c.members
+    eff = c.step(Received("r3", Vote(txid, True, True)), EXPIRY + 1)  # a duplicate of its old vote
+    assert not any(isinstance(e.msg, Abort) for e in eff.send)
+    eff = c.step(Received("r1", Vote(txid, True, True)), EXPIRY + 2)  # a member applied it: ignores ABORT
+    assert [e.msg for e in eff.send] == [Abort(txid)]
+
+
+def test_member_ignores_a_late_fetch_reply() -> None:
+    """A fetch answered after the replica rejoined (the request went out while it caught up) must not
+    be applied: a member applies commits only, in revision order, and its prepared transactions hold
+    the next revisions. Found by the simulator (seed 937: Internal, "already applied 7 without it")."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=6), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    p.step(Tick(), 1)  # FetchRequest(7) to a member that answers late
+    p.step(Received("r1", FetchReply((), 6, True)), 2)  # another member: level -> Join
+    p.step(Received("c", JoinReady(6, 99)), 3)
+    p.step(Received("c", LeaseGrant(3, NODES, T.read_lease_ms, 0)), 4)
+    assert p.membership is Membership.MEMBER
+    p.step(Received("c", Prepare(100, put("k"), NODES), {}), 5)
+    eff = p.step(Received("r2", FetchReply(((7, (Put("k", b"v"),)),), 7, True)), 6)  # the late answer
+    assert eff.persist == () and p.applied_revision == 6
+    eff = p.step(Received("c", Commit(100, 7)), 7)
+    assert p.applied_revision == 7 and not p.is_locked("k")
+
+
+def test_caught_up_answering_an_earlier_join_ready_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """A join times out and the replica asks again; the JoinReady of both attempts may reach it, and it
+    answers the older one first. That CaughtUp is below the held revision: not a peer's mistake, and
+    not a reason to refuse the join whose own CaughtUp follows (found by the simulator, seed 21965)."""
+    c = started()
+    renew(c, 0, "r1", "r2", "r3")
+    renew(c, 900, "r1", "r2")
+    c.step(Tick(), EXPIRY)  # r3 out
+    now = EXPIRY + 10
+    c.step(Received("r3", Join(0)), now)  # JoinReady(0) goes out; the join then times out
+    now += T.join_timeout_ms
+    c.step(Tick(), now)
+    assert joining(c) is None
+    c.step(ClientTxn(1, "cl", 1, put("k"), now + 5000), now)
+    txid = next(iter(c._pending))
+    for r in ("r1", "r2"):
+        c.step(Received(r, Vote(txid, True, True)), now + 1)
+    for r in ("r1", "r2"):
+        c.step(Received(r, Ack(txid, 1)), now + 2)
+    eff = c.step(Received("r3", Join(0)), now + 3)
+    assert [e.msg for e in eff.send] == [JoinReady(1, c.epoch << 40 | 1)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        eff = c.step(Received("r3", CaughtUp(0)), now + 4)  # its answer to the first JoinReady
+    assert eff.persist == () and joining(c) == "r3" and not caplog.records
+    eff = c.step(Received("r3", CaughtUp(1)), now + 5)
+    assert ViewRecord(3, NODES) in eff.persist and joining(c) is None

@@ -35,7 +35,7 @@ BAD_TXNS = {
     "key over 1024 bytes": (_put("k" * 1025), "1025 bytes; the limit is 1024"),
     "key with NUL": (_put("a\x00b"), "NUL"),
     "value over 1 MiB": (_put("big", b"x" * (1024 * 1024 + 1)), "the limit is 1.0 MiB"),
-    "write with no operation": (pb.Txn(on_success=[pb.Write()]), "must be a put or a delete"),
+    "write with no operation": (pb.Txn(on_success=[pb.Write()]), "must be a put, a delete or a sequential put"),
     "unknown compare target": (
         pb.Txn(compares=[pb.Compare(key="k", target="colour", op="==", number=1)]),
         "compare target 'colour' is unknown",

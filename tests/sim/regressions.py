@@ -5,12 +5,20 @@ also gets a focused test (tests/core/ for a core, a scripted scenario in tests/s
 seed's schedule depends on the simulator's code too and may stop reaching the bug when the simulator changes.
 Keep the seed anyway: it is still a valid run. Replay one with `python -m corral.sim --seed SEED --verbose`.
 
-Checked against the simulator as of its first version: with the fix reverted, each seed below fails.
+Checked against the simulator of its time: with the fix reverted, each seed below failed. (The first four
+against its first version; the rest against the version that models views, read leases and rejoining.)
 
 Bugs found without a seed (scripted scenario instead, since random runs rarely line up the faults):
 - ReplicaStorage.load dropped the outcomes written since the last trim without counting them as forgotten;
   a restarted replica then refused a transaction it had applied, and a peer in doubt aborted it.
   tests/sim/test_twopc_sim.py test_restarted_replica_still_knows_it_may_have_applied_a_forgotten_commit.
+- ReplicaService._range checked the read lease only before waiting for a locked key; a replica dropped
+  meanwhile discards the in-doubt transaction holding the lock (it committed without it) and served the
+  value it replaced. Fixed in the shell (the lease is checked again when the store is read);
+  test_read_waiting_for_a_lock_is_refused_once_its_replica_lost_its_lease.
+- The coordinator answered a late yes vote from a dropped replica with ABORT although the commit may have
+  ENDed without it (the vote's sibling of _PRESUMED_ABORT below); fixed in Coordinator._on_vote (only
+  members get that ABORT); tests/core/test_views.py test_late_yes_from_a_dropped_replica_gets_no_presumed_abort.
 """
 
 from __future__ import annotations
@@ -23,9 +31,54 @@ _STALE_ABORT = (
     "test_stale_abort_after_end_does_not_overwrite_a_commit)"
 )
 
+_JOIN_TIMER = (
+    "participant: a replica that asked to join and went back to fetching (no member answering) kept its "
+    "expired join timer as its wake time, so its shell ticked in a loop at one instant (a spinning CPU in the "
+    "real shell; the simulator now reports it). Fixed in Participant._next_wake (the join timer counts only "
+    "while joining is the next step); tests/core test_outside_replica_never_asks_to_be_woken_in_the_past"
+)
+_PRESUMED_ABORT = (
+    "participant: a replica cut off from the coordinator voted yes, was dropped, and the commit ENDed without "
+    "its ack; healed but not yet told it was outside, it trusted the coordinator's presumed ABORTED and "
+    "recorded the committed txid as aborted. Fixed in Participant._on_resolve_reply (the coordinator's "
+    "ABORTED is trusted only while the read lease holds: until then the coordinator cannot have dropped it); "
+    "tests/core test_member_without_a_lease_does_not_trust_a_presumed_abort"
+)
+_LATE_FETCH = (
+    "participant: the answer to a fetch sent while catching up arrived after the replica rejoined; as a member "
+    "it applied the fetched revision, which its prepared transaction held, and the COMMIT then raised Internal. "
+    "Fixed in Participant._on_fetch_reply (applied only outside the view); tests/core "
+    "test_member_ignores_a_late_fetch_reply"
+)
+_STALE_CAUGHT_UP = (
+    "coordinator: the JoinReady of a timed-out join and of the next one reached the replica together; its "
+    "CaughtUp to the older one was logged as an error and refused the join. Fixed in Coordinator._on_caught_up "
+    "(a CaughtUp below the held revision answers an earlier JoinReady: ignored); tests/core "
+    "test_caught_up_answering_an_earlier_join_ready_is_ignored"
+)
+_FETCH_LOG = (
+    "participant: a fetch refused because the peer had just restarted (not a member yet) was logged as an "
+    "error, which the simulator treats as a bug; it is expected and retried. Fixed in "
+    "Participant._on_fetch_reply (Unavailable is a warning; other errors, e.g. compacted history, stay errors)"
+)
+_SHELL_WAKE = (
+    "replica shell: a batch holding only FetchRequests stepped no core and set the ticker's wake time to None, "
+    "so a member that served a catch-up stopped renewing its lease, was dropped, and never learned it (no "
+    "quiescence). Fixed in ReplicaService._process (only a stepped batch sets the wake time; the simulator's "
+    "shell mirrors it); tests/sim test_replica_shell_keeps_its_timer_across_a_batch_of_fetches"
+)
+
 REGRESSIONS: list[tuple[int, str]] = [
     (115, _STALE_ABORT),
     (225, _STALE_ABORT),
     (325, _STALE_ABORT),
     (976, _STALE_ABORT),
+    (303, _JOIN_TIMER),
+    (569, _PRESUMED_ABORT),
+    (619, _PRESUMED_ABORT),
+    (937, _LATE_FETCH),
+    (21965, _STALE_CAUGHT_UP),
+    (80, _FETCH_LOG),
+    (11, _SHELL_WAKE),
+    (45, _SHELL_WAKE),
 ]
