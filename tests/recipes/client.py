@@ -12,6 +12,7 @@ Roles use the blocking twins or the async classes, so both faces of the recipes 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
 import random
@@ -211,6 +212,8 @@ async def watch(config: str, prefix: str, start: int, count: int, out: str) -> N
 
 
 def main(argv: list[str]) -> None:
+    # A test that finds this process stuck sends SIGUSR1 and shows the stacks in its failure message.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     role, config, *args = argv
     if role == "lock":
         lock(

@@ -77,9 +77,24 @@ class ClientProcesses:
             try:
                 code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"client {proc.args!r} still running after {timeout_s}s") from None
+                raise AssertionError(self._stuck_report(procs, timeout_s)) from None
             log = proc.log.read_text(errors="replace")  # type: ignore[attr-defined]
             assert code == 0, f"client {proc.args!r} exited {code}:\n{log[-3000:]}"
+
+    def _stuck_report(self, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> str:
+        """Every client still running after the deadline, with its log and a dump of its stacks."""
+        stuck = [p for p in procs if p.poll() is None]
+        for proc in stuck:
+            proc.send_signal(signal.SIGUSR1)  # faulthandler in the client dumps every thread's stack
+        try:
+            stuck[0].wait(timeout=2)  # give the dumps a moment to reach the logs (they keep running)
+        except subprocess.TimeoutExpired:
+            pass
+        parts = [f"{len(stuck)} client(s) still running after {timeout_s}s:"]
+        for proc in stuck:
+            log = proc.log.read_text(errors="replace")  # type: ignore[attr-defined]
+            parts.append(f"--- {proc.args!r}\n{log[-4000:]}")
+        return "\n".join(parts)
 
     def close(self) -> None:
         for proc in self.procs:

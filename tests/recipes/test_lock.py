@@ -170,6 +170,7 @@ def test_eight_processes_never_hold_at_once(clients: ClientProcesses, tmp_path: 
     assert sum(1 for r in records if r["ev"] == "done") == 8
 
 
+@pytest.mark.timeout(400)  # above the sum of its own waits, so their diagnostics fire first
 def test_killed_holders_never_overlap_and_the_lock_frees_within_ttl(clients: ClientProcesses, tmp_path: Path) -> None:
     """The same with kill -9 of holders: still no overlap, and after each death the next holder
     enters within TTL + 1 s. (25 acquisitions per process here, to keep the suite short.)"""
