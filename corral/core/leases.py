@@ -18,6 +18,7 @@ This module does no I/O and reads no clock.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from corral.errors import InvalidArgument
@@ -70,6 +71,9 @@ class LeaseTable:
         self._epoch = epoch
         self._counter = 0
         self._leases: dict[LeaseId, Lease] = {lid: Lease(lid, ttl, now_ms + ttl) for lid, ttl in granted}
+        # (expires_at_ms, id), lazily cleaned: an entry counts only while it is the lease's expiry.
+        self._expiries: list[tuple[int, LeaseId]] = [(lease.expires_at_ms, lease.id) for lease in self._leases.values()]
+        heapq.heapify(self._expiries)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -78,6 +82,7 @@ class LeaseTable:
         self._counter += 1
         lease = Lease((self._epoch << _COUNTER_BITS) | self._counter, ttl_ms, now_ms + ttl_ms)
         self._leases[lease.id] = lease
+        heapq.heappush(self._expiries, (lease.expires_at_ms, lease.id))
         return lease
 
     def get(self, lease_id: LeaseId) -> Lease | None:
@@ -93,14 +98,27 @@ class LeaseTable:
         if lease is None or lease.ending:
             return None
         lease.expires_at_ms = now_ms + lease.ttl_ms
+        heapq.heappush(self._expiries, (lease.expires_at_ms, lease.id))
         return lease
 
     def expire(self, now_ms: int) -> list[Lease]:
         """Mark every lease whose TTL ran out as ending; return them."""
-        out = [lease for lease in self._leases.values() if not lease.ending and lease.expires_at_ms <= now_ms]
-        for lease in out:
-            lease.ending = True
+        out = []
+        while (head := self._next()) is not None and head.expires_at_ms <= now_ms:
+            heapq.heappop(self._expiries)
+            head.ending = True
+            out.append(head)
         return out
+
+    def _next(self) -> Lease | None:
+        """The live lease that expires first (dropping heap entries that no longer count)."""
+        while self._expiries:
+            expires, lease_id = self._expiries[0]
+            lease = self._leases.get(lease_id)
+            if lease is not None and not lease.ending and lease.expires_at_ms == expires:
+                return lease
+            heapq.heappop(self._expiries)
+        return None
 
     def ending(self) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.ending]
@@ -109,5 +127,5 @@ class LeaseTable:
         return self._leases.pop(lease_id, None)
 
     def next_expiry_ms(self) -> int | None:
-        times = [lease.expires_at_ms for lease in self._leases.values() if not lease.ending]
-        return min(times) if times else None
+        head = self._next()
+        return head.expires_at_ms if head is not None else None

@@ -53,6 +53,7 @@ records in the returned Effects.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -131,6 +132,7 @@ class _Pending:
     waiters: list[int]
     deadline_ms: int
     participants: tuple[NodeName, ...]
+    attaches: frozenset[int] = frozenset()  # leases its puts attach keys to
     votes: dict[NodeName, Vote] = field(default_factory=dict)
 
 
@@ -140,6 +142,7 @@ class _Committed:
     revision: int
     unacked: set[NodeName]
     last_sent_ms: dict[NodeName, int]
+    next_retry_ms: int = 0  # when the first unacknowledged COMMIT is re-sent (the timer heap's key)
 
 
 @dataclass(slots=True)
@@ -180,6 +183,11 @@ class Coordinator:
         self._joining: _Joining | None = None
         self._held: deque[ClientTxn] = deque()
         self._pending: dict[TxId, _Pending] = {}
+        # Timers as heaps with lazy deletion: an entry counts only while it matches the current state
+        # (pending deadline of a pending txid; next_retry_ms of a committed one), so finding the next
+        # wake-up does not scan every transaction after every step.
+        self._deadline_heap: list[tuple[int, TxId]] = []
+        self._retry_heap: list[tuple[int, TxId]] = []
         self._key_owner: dict[str, TxId] = {}
         self._inflight_clients: dict[ClientKey, TxId] = {}
         self._committed: dict[TxId, _Committed] = {}
@@ -337,10 +345,12 @@ class Coordinator:
         deadline = min(deadline_ms, now_ms + self.timeouts.prepare_timeout_ms)
         participants = self.members
         keys = txn.keys()
-        self._pending[txid] = _Pending(txid, txn, keys, client, waiters, deadline, participants)
+        attaches = txn.leases_attached()
+        self._pending[txid] = _Pending(txid, txn, keys, client, waiters, deadline, participants, attaches)
+        heapq.heappush(self._deadline_heap, (deadline, txid))
         for key in keys:
             self._key_owner[key] = txid
-        for lease in txn.leases_attached():
+        for lease in attaches:
             self._attaching.setdefault(lease, set()).add(txid)
         self._inflight_clients[client] = txid
         prepare = Prepare(txid, txn, participants)
@@ -471,6 +481,8 @@ class Coordinator:
         c.unacked.discard(src)
         if not c.unacked:
             self._end(out, c)
+        else:
+            self._schedule_retry(c)
 
     def _on_unreachable(self, out: EffectsBuilder, dst: NodeName, msgs: Sequence[Message], now_ms: int) -> None:
         for msg in msgs:
@@ -483,7 +495,9 @@ class Coordinator:
                 self._abort(out, self._pending[msg.txid], ErrorInfo.of(err), now_ms)
             elif isinstance(msg, Commit) and msg.txid in self._committed:
                 # Re-sent by the timer; back off from now so a dead replica is not hammered.
-                self._committed[msg.txid].last_sent_ms[dst] = now_ms
+                c = self._committed[msg.txid]
+                c.last_sent_ms[dst] = now_ms
+                self._schedule_retry(c)
 
     def _on_tick(self, out: EffectsBuilder, now_ms: int) -> None:
         for p in [p for p in self._pending.values() if p.deadline_ms <= now_ms]:
@@ -540,6 +554,8 @@ class Coordinator:
                     c.unacked.discard(member)
                     if not c.unacked:
                         self._end(out, c)
+                    else:
+                        self._schedule_retry(c)
 
     def _set_view(self, out: EffectsBuilder, members: tuple[NodeName, ...]) -> None:
         self.view += 1
@@ -612,7 +628,7 @@ class Coordinator:
             if self._key_owner.get(key) == p.txid:
                 del self._key_owner[key]
         self._inflight_clients.pop(p.client, None)
-        for lease in p.txn.leases_attached():
+        for lease in p.attaches:
             holders = self._attaching.get(lease)
             if holders is not None:
                 holders.discard(p.txid)
@@ -649,9 +665,16 @@ class Coordinator:
         out.persist_lazy.append(EndRecord(c.txid))
 
     def _send_commit(self, out: EffectsBuilder, c: _Committed, to: Iterable[NodeName], now_ms: int) -> None:
+        commit = Commit(c.txid, c.revision)  # one object for every link: shells encode it once
         for n in to:
             c.last_sent_ms[n] = now_ms
-            out.send.append(Envelope(n, Commit(c.txid, c.revision)))
+            out.send.append(Envelope(n, commit))
+        self._schedule_retry(c)
+
+    def _schedule_retry(self, c: _Committed) -> None:
+        if c.unacked:
+            c.next_retry_ms = min(c.last_sent_ms.get(n, 0) for n in c.unacked) + self.timeouts.commit_retry_ms
+            heapq.heappush(self._retry_heap, (c.next_retry_ms, c.txid))
 
     def _remember(self, rec: CommitRecord) -> TxnResult:
         result = TxnResult(rec.revision, rec.succeeded)
@@ -664,10 +687,20 @@ class Coordinator:
         return result
 
     def _next_wake(self) -> int | None:
-        times = [p.deadline_ms for p in self._pending.values()]
+        deadlines = self._deadline_heap
+        while deadlines and deadlines[0][1] not in self._pending:
+            heapq.heappop(deadlines)
+        retries = self._retry_heap
+        while retries:
+            due, txid = retries[0]
+            c = self._committed.get(txid)
+            if c is not None and c.next_retry_ms == due:
+                break
+            heapq.heappop(retries)
+        times = [deadlines[0][0]] if deadlines else []
+        if retries:
+            times.append(retries[0][0])
         times.extend(h.deadline_ms for h in self._held)
-        retry = self.timeouts.commit_retry_ms
-        times.extend(min(c.last_sent_ms.get(n, 0) for n in c.unacked) + retry for c in self._committed.values())
         if len(self.members) > self.min_replicas:
             times.extend(self._lease_expiry_ms(self._lease_granted_ms.get(m, 0)) for m in self.members)
         if self._joining is not None:
