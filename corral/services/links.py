@@ -1,4 +1,4 @@
-"""Peer links: one ordered stream per destination, many batches in flight.
+"""Peer links: one ordered stream per destination, one batch in flight, the next one forming.
 
 Messages queued for a peer go out as `Batch`es on one `Peer.Stream` call. The receiver processes
 batches in arrival order and answers each, in order, once what it persisted is durable; answers are
