@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from corral.client.session import Session
+from corral.client.writes import StreamBroken, WriteStream
 from corral.config import ClusterConfig, find_config
 from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
@@ -134,6 +135,7 @@ class AsyncClient:
         self._seq = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._rng = random.Random()
+        self._writes = WriteStream(lambda: self._channel(self.endpoints.coordinator))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class AsyncClient:
         return channel
 
     async def close(self) -> None:
+        await self._writes.close()
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close(grace=None)
@@ -207,13 +210,12 @@ class AsyncClient:
                     + why,
                     outcome_unknown=maybe_sent,
                 )
-            stub = pb_grpc.ClientStub(self._channel(self.endpoints.coordinator))
             try:
-                response = await stub.Txn(request, timeout=remaining)
-            except grpc.aio.AioRpcError as err:
-                if not _is_transport(err):
-                    raise Unavailable(f"coordinator RPC failed: {err.code().name}: {err.details()}") from None
-                maybe_sent = maybe_sent or not _never_sent(err)
+                response = await self._writes.call(request, remaining)
+            except StreamBroken as err:
+                if err.code not in _TRANSPORT_CODES:
+                    raise Unavailable(f"coordinator RPC failed: {err}") from None
+                maybe_sent = maybe_sent or err.sent
                 await asyncio.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
                 attempt += 1
                 continue

@@ -39,6 +39,11 @@ class ClientStub:
                 request_serializer=corral__pb2.TxnRequest.SerializeToString,
                 response_deserializer=corral__pb2.TxnResponse.FromString,
                 _registered_method=True)
+        self.Txns = channel.stream_stream(
+                '/corral.v1.Client/Txns',
+                request_serializer=corral__pb2.TxnCall.SerializeToString,
+                response_deserializer=corral__pb2.TxnReturn.FromString,
+                _registered_method=True)
         self.Range = channel.unary_unary(
                 '/corral.v1.Client/Range',
                 request_serializer=corral__pb2.RangeRequest.SerializeToString,
@@ -75,6 +80,12 @@ class ClientServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Txn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Txns(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +134,11 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.Txn,
                     request_deserializer=corral__pb2.TxnRequest.FromString,
                     response_serializer=corral__pb2.TxnResponse.SerializeToString,
+            ),
+            'Txns': grpc.stream_stream_rpc_method_handler(
+                    servicer.Txns,
+                    request_deserializer=corral__pb2.TxnCall.FromString,
+                    response_serializer=corral__pb2.TxnReturn.SerializeToString,
             ),
             'Range': grpc.unary_unary_rpc_method_handler(
                     servicer.Range,
@@ -182,6 +198,33 @@ class Client:
             '/corral.v1.Client/Txn',
             corral__pb2.TxnRequest.SerializeToString,
             corral__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txns(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/corral.v1.Client/Txns',
+            corral__pb2.TxnCall.SerializeToString,
+            corral__pb2.TxnReturn.FromString,
             options,
             channel_credentials,
             insecure,

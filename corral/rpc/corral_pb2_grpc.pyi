@@ -37,6 +37,7 @@ class ClientStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClientAsyncStub: ...
     Txn: _grpc.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]
+    Txns: _grpc.StreamStreamMultiCallable[_corral_pb2.TxnCall, _corral_pb2.TxnReturn]
     Range: _grpc.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]
     LeaseGrant: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]
     LeaseRevoke: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
@@ -48,6 +49,7 @@ class ClientStub:
 class ClientAsyncStub(ClientStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Txn: _aio.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]  # type: ignore[assignment]
+    Txns: _aio.StreamStreamMultiCallable[_corral_pb2.TxnCall, _corral_pb2.TxnReturn]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]  # type: ignore[assignment]
     LeaseGrant: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
     LeaseRevoke: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
@@ -62,6 +64,13 @@ class ClientServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.TxnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.TxnResponse, _abc.Awaitable[_corral_pb2.TxnResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Txns(
+        self,
+        request_iterator: _MaybeAsyncIterator[_corral_pb2.TxnCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.TxnReturn], _abc.AsyncIterator[_corral_pb2.TxnReturn]]: ...
 
     @_abc_1.abstractmethod
     def Range(

@@ -38,7 +38,16 @@ from corral.records import CommitRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, error_to_pb, txn_from_pb
-from corral.services.base import Context, PeerEndpoint, Releaser, Ticker, deadline_s, fail_stop, now_ms
+from corral.services.base import (
+    DEADLINE_MARGIN_S,
+    Context,
+    PeerEndpoint,
+    Releaser,
+    Ticker,
+    deadline_s,
+    fail_stop,
+    now_ms,
+)
 from corral.services.failpoints import Failpoints
 from corral.services.links import PeerLinks
 from corral.store.decision_log import DecisionLog
@@ -152,12 +161,43 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
     # -- Client service ----------------------------------------------------------------------
 
     async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
+        return await self._txn(request, deadline_s(context, self.config.timeouts.request_timeout_ms))
+
+    async def Txns(self, request_iterator: AsyncIterator[pb.TxnCall], context: Context) -> AsyncIterator[pb.TxnReturn]:
+        """Many writes over one stream: each is decided on its own and answered by id as it is."""
+        answers: asyncio.Queue[pb.TxnReturn | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+
+        async def one(call: pb.TxnCall) -> None:
+            timeout_s = max(0.0, call.timeout_ms / 1000 - DEADLINE_MARGIN_S) if call.timeout_ms else None
+            response = await self._txn(call.request, timeout_s or self.config.timeouts.request_timeout_ms / 1000)
+            answers.put_nowait(pb.TxnReturn(id=call.id, response=response))
+
+        async def pump() -> None:
+            try:
+                async for call in request_iterator:
+                    task = loop.create_task(one(call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            finally:
+                answers.put_nowait(None)
+
+        pumping = loop.create_task(pump())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            pumping.cancel()
+            for task in running:
+                task.cancel()
+
+    async def _txn(self, request: pb.TxnRequest, timeout_s: float) -> pb.TxnResponse:
         try:
             txn = txn_from_pb(request.txn)
             txn.validate(self.config.limits)
         except CorralError as err:
             return pb.TxnResponse(error=error_to_pb(err))
-        timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
         rid = next(self._ids)
         fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut

@@ -206,6 +206,11 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         err = InvalidArgument(f"{self.node.name} is a replica; writes go to the coordinator")
         return pb.TxnResponse(error=error_to_pb(err))
 
+    async def Txns(self, request_iterator: AsyncIterator[pb.TxnCall], context: Context) -> AsyncIterator[pb.TxnReturn]:
+        err = InvalidArgument(f"{self.node.name} is a replica; writes go to the coordinator")
+        async for call in request_iterator:
+            yield pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err)))
+
     def _not_here(self, what: str) -> pb.LeaseReply:
         err = InvalidArgument(f"{self.node.name} is a replica; {what} go to the coordinator")
         return pb.LeaseReply(error=error_to_pb(err))
