@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from corral.client.session import Session
-from corral.client.writes import StreamBroken, WriteStream
+from corral.client.streams import CallStream, StreamBroken
 from corral.config import ClusterConfig, find_config
 from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
@@ -135,7 +135,11 @@ class AsyncClient:
         self._seq = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._rng = random.Random()
-        self._writes = WriteStream(lambda: self._channel(self.endpoints.coordinator))
+        self._writes: CallStream[pb.TxnRequest, pb.TxnResponse] = CallStream(
+            lambda: pb_grpc.ClientStub(self._channel(self.endpoints.coordinator)).Txns(),  # type: ignore[call-arg]
+            lambda i, request, ms: pb.TxnCall(id=i, request=request, timeout_ms=ms),
+        )
+        self._reads: dict[str, CallStream[pb.RangeRequest, pb.RangeResponse]] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -145,8 +149,19 @@ class AsyncClient:
             channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         return channel
 
+    def _read_stream(self, address: str) -> CallStream[pb.RangeRequest, pb.RangeResponse]:
+        stream = self._reads.get(address)
+        if stream is None:
+            stream = self._reads[address] = CallStream(
+                lambda: pb_grpc.ClientStub(self._channel(address)).Ranges(),  # type: ignore[call-arg]
+                lambda i, request, ms: pb.RangeCall(id=i, request=request, timeout_ms=ms),
+            )
+        return stream
+
     async def close(self) -> None:
         await self._writes.close()
+        for stream in self._reads.values():
+            await stream.close()
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close(grace=None)
@@ -272,14 +287,12 @@ class AsyncClient:
                 if remaining <= 0:
                     raise last or Unavailable("no replica answered the read before the deadline")
                 try:
-                    response = await pb_grpc.ClientStub(self._channel(address)).Range(request, timeout=remaining)
-                except grpc.aio.AioRpcError as err:
-                    if not _is_transport(err):
-                        raise Unavailable(f"replica {address} failed: {err.code().name}: {err.details()}") from None
+                    response = await self._read_stream(address).call(request, remaining)
+                except StreamBroken as err:
+                    if err.code not in _TRANSPORT_CODES:
+                        raise Unavailable(f"replica {address} failed: {err}") from None
                     if last is None or not last.details.get("replica"):  # a replica's own reason says more
-                        last = Unavailable(
-                            f"no replica answered the read before the deadline ({address}: {err.code().name})"
-                        )
+                        last = Unavailable(f"no replica answered the read before the deadline ({address}: {err})")
                     continue
                 if response.error.code:
                     failure = error_from_pb(response.error).to_error()

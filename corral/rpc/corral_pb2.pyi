@@ -613,6 +613,57 @@ class TxnReturn(_message.Message):
 Global___TxnReturn: _TypeAlias = TxnReturn  # noqa: Y015
 
 @_typing.final
+class RangeCall(_message.Message):
+    """Many reads of one client from one replica over one stream, answered by id (as TxnCall)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    timeout_ms: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___RangeRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request: Global___RangeRequest | None = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeCall: _TypeAlias = RangeCall  # noqa: Y015
+
+@_typing.final
+class RangeReturn(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___RangeResponse: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        response: Global___RangeResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeReturn: _TypeAlias = RangeReturn  # noqa: Y015
+
+@_typing.final
 class Prepare(_message.Message):
     """---- between Corral processes --------------------------------------------------------------"""
 

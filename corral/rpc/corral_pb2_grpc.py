@@ -49,6 +49,11 @@ class ClientStub:
                 request_serializer=corral__pb2.RangeRequest.SerializeToString,
                 response_deserializer=corral__pb2.RangeResponse.FromString,
                 _registered_method=True)
+        self.Ranges = channel.stream_stream(
+                '/corral.v1.Client/Ranges',
+                request_serializer=corral__pb2.RangeCall.SerializeToString,
+                response_deserializer=corral__pb2.RangeReturn.FromString,
+                _registered_method=True)
         self.LeaseGrant = channel.unary_unary(
                 '/corral.v1.Client/LeaseGrant',
                 request_serializer=corral__pb2.LeaseGrantRequest.SerializeToString,
@@ -92,6 +97,12 @@ class ClientServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Range(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ranges(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +155,11 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.Range,
                     request_deserializer=corral__pb2.RangeRequest.FromString,
                     response_serializer=corral__pb2.RangeResponse.SerializeToString,
+            ),
+            'Ranges': grpc.stream_stream_rpc_method_handler(
+                    servicer.Ranges,
+                    request_deserializer=corral__pb2.RangeCall.FromString,
+                    response_serializer=corral__pb2.RangeReturn.SerializeToString,
             ),
             'LeaseGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseGrant,
@@ -252,6 +268,33 @@ class Client:
             '/corral.v1.Client/Range',
             corral__pb2.RangeRequest.SerializeToString,
             corral__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ranges(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/corral.v1.Client/Ranges',
+            corral__pb2.RangeCall.SerializeToString,
+            corral__pb2.RangeReturn.FromString,
             options,
             channel_credentials,
             insecure,

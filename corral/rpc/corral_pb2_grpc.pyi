@@ -39,6 +39,7 @@ class ClientStub:
     Txn: _grpc.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]
     Txns: _grpc.StreamStreamMultiCallable[_corral_pb2.TxnCall, _corral_pb2.TxnReturn]
     Range: _grpc.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]
+    Ranges: _grpc.StreamStreamMultiCallable[_corral_pb2.RangeCall, _corral_pb2.RangeReturn]
     LeaseGrant: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]
     LeaseRevoke: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
     LeaseTimeToLive: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
@@ -51,6 +52,7 @@ class ClientAsyncStub(ClientStub):
     Txn: _aio.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]  # type: ignore[assignment]
     Txns: _aio.StreamStreamMultiCallable[_corral_pb2.TxnCall, _corral_pb2.TxnReturn]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]  # type: ignore[assignment]
+    Ranges: _aio.StreamStreamMultiCallable[_corral_pb2.RangeCall, _corral_pb2.RangeReturn]  # type: ignore[assignment]
     LeaseGrant: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
     LeaseRevoke: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
     LeaseTimeToLive: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
@@ -78,6 +80,13 @@ class ClientServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.RangeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.RangeResponse, _abc.Awaitable[_corral_pb2.RangeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Ranges(
+        self,
+        request_iterator: _MaybeAsyncIterator[_corral_pb2.RangeCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.RangeReturn], _abc.AsyncIterator[_corral_pb2.RangeReturn]]: ...
 
     @_abc_1.abstractmethod
     def LeaseGrant(

@@ -14,7 +14,7 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -166,6 +166,48 @@ async def answer_stream(
             await context.abort(code, failure[0].message)
     finally:
         task.cancel()
+
+
+_Call = TypeVar("_Call")
+_Return = TypeVar("_Return")
+
+
+async def answer_calls(
+    requests: AsyncIterator[_Call], handle: Callable[[_Call], Awaitable[_Return]]
+) -> AsyncIterator[_Return]:
+    """The body of a multiplexed call stream (`Client.Txns`, `Client.Ranges`): each call is handled on
+    its own as it arrives, and its answer (which carries the call's id) is sent as soon as it is ready."""
+    answers: asyncio.Queue[_Return | None] = asyncio.Queue()
+    running: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+
+    async def one(call: _Call) -> None:
+        answers.put_nowait(await handle(call))
+
+    async def pump() -> None:
+        try:
+            async for call in requests:
+                task = loop.create_task(one(call))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            answers.put_nowait(None)
+
+    pumping = loop.create_task(pump())
+    try:
+        while (answer := await answers.get()) is not None:
+            yield answer
+    finally:
+        pumping.cancel()
+        for task in running:
+            task.cancel()
+
+
+def call_timeout_s(timeout_ms: int, default_ms: int) -> float:
+    """A multiplexed call's own deadline, less the margin (see deadline_s)."""
+    if not timeout_ms:
+        return default_ms / 1000
+    return max(0.0, timeout_ms / 1000 - min(DEADLINE_MARGIN_S, timeout_ms / 10_000))
 
 
 class PeerEndpoint:

@@ -39,11 +39,12 @@ from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, error_to_pb, txn_from_pb
 from corral.services.base import (
-    DEADLINE_MARGIN_S,
     Context,
     PeerEndpoint,
     Releaser,
     Ticker,
+    answer_calls,
+    call_timeout_s,
     deadline_s,
     fail_stop,
     now_ms,
@@ -165,32 +166,14 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
 
     async def Txns(self, request_iterator: AsyncIterator[pb.TxnCall], context: Context) -> AsyncIterator[pb.TxnReturn]:
         """Many writes over one stream: each is decided on its own and answered by id as it is."""
-        answers: asyncio.Queue[pb.TxnReturn | None] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
+        default_ms = self.config.timeouts.request_timeout_ms
 
-        async def one(call: pb.TxnCall) -> None:
-            timeout_s = max(0.0, call.timeout_ms / 1000 - DEADLINE_MARGIN_S) if call.timeout_ms else None
-            response = await self._txn(call.request, timeout_s or self.config.timeouts.request_timeout_ms / 1000)
-            answers.put_nowait(pb.TxnReturn(id=call.id, response=response))
+        async def handle(call: pb.TxnCall) -> pb.TxnReturn:
+            response = await self._txn(call.request, call_timeout_s(call.timeout_ms, default_ms))
+            return pb.TxnReturn(id=call.id, response=response)
 
-        async def pump() -> None:
-            try:
-                async for call in request_iterator:
-                    task = loop.create_task(one(call))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-            finally:
-                answers.put_nowait(None)
-
-        pumping = loop.create_task(pump())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-        finally:
-            pumping.cancel()
-            for task in running:
-                task.cancel()
+        async for answer in answer_calls(request_iterator, handle):
+            yield answer
 
     async def _txn(self, request: pb.TxnRequest, timeout_s: float) -> pb.TxnResponse:
         try:
@@ -260,6 +243,13 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
             "watches are served by replicas, not the coordinator; connect with the cluster config"
         )
         yield pb.WatchResponse(error=error_to_pb(wrong))
+
+    async def Ranges(
+        self, request_iterator: AsyncIterator[pb.RangeCall], context: Context
+    ) -> AsyncIterator[pb.RangeReturn]:
+        wrong = FailedPrecondition("reads are served by replicas, not the coordinator; connect with the cluster config")
+        async for call in request_iterator:
+            yield pb.RangeReturn(id=call.id, response=pb.RangeResponse(error=error_to_pb(wrong)))
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
         wrong = FailedPrecondition("reads are served by replicas, not the coordinator; connect with the cluster config")

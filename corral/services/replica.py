@@ -43,7 +43,17 @@ from corral.records import CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, error_to_pb, event_to_pb, kv_to_pb
-from corral.services.base import Context, PeerEndpoint, Releaser, Ticker, deadline_s, fail_stop, now_ms
+from corral.services.base import (
+    Context,
+    PeerEndpoint,
+    Releaser,
+    Ticker,
+    answer_calls,
+    call_timeout_s,
+    deadline_s,
+    fail_stop,
+    now_ms,
+)
 from corral.services.failpoints import Failpoints
 from corral.services.links import PeerLinks
 from corral.store.durability import WalSync
@@ -261,15 +271,35 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             next_revision = end + 1
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
-        try:
-            return await self._range(request, context)
-        except CorralError as err:
-            return pb.RangeResponse(error=error_to_pb(err))
-
-    async def _range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
         action = self.faults.hit("replica.read")
         if action is not None and action.kind in ("drop", "error"):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"failpoint replica.read: {action.kind}")
+        return await self._range(request, deadline_s(context, self.config.timeouts.request_timeout_ms))
+
+    async def Ranges(
+        self, request_iterator: AsyncIterator[pb.RangeCall], context: Context
+    ) -> AsyncIterator[pb.RangeReturn]:
+        """Many reads over one stream, each answered by id as soon as it is ready."""
+        default_ms = self.config.timeouts.request_timeout_ms
+
+        async def handle(call: pb.RangeCall) -> pb.RangeReturn:
+            action = self.faults.hit("replica.read")
+            if action is not None and action.kind in ("drop", "error"):
+                refused = Unavailable(f"failpoint replica.read: {action.kind}", replica=self.node.name)
+                return pb.RangeReturn(id=call.id, response=pb.RangeResponse(error=error_to_pb(refused)))
+            response = await self._range(call.request, call_timeout_s(call.timeout_ms, default_ms))
+            return pb.RangeReturn(id=call.id, response=response)
+
+        async for answer in answer_calls(request_iterator, handle):
+            yield answer
+
+    async def _range(self, request: pb.RangeRequest, timeout_s: float) -> pb.RangeResponse:
+        try:
+            return await self._read(request, timeout_s)
+        except CorralError as err:
+            return pb.RangeResponse(error=error_to_pb(err))
+
+    async def _read(self, request: pb.RangeRequest, timeout_s: float) -> pb.RangeResponse:
         if request.prefix:
             prefix = validate_prefix(request.key)
             locked: Callable[[], bool] = lambda: self.core.any_locked_with_prefix(prefix)  # noqa: E731
@@ -283,7 +313,6 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             raise InvalidArgument(f"limit is {request.limit}; use 0 (no limit) or a positive number", field="limit")
         limit = min(request.limit or self.config.limits.range_limit_max, self.config.limits.range_limit_max)
         if not request.serializable:
-            timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
             started = asyncio.get_running_loop().time()
             await self._wait_for_lease(min(timeout_s, LEASE_WAIT_S))
             timeout_s -= asyncio.get_running_loop().time() - started  # one deadline for both waits

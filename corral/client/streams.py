@@ -1,13 +1,13 @@
-"""One stream to the coordinator for every write of a client (`Client.Txns`), instead of a unary call each.
+"""Multiplexed call streams: one stream to a server for every call of one kind a client makes.
 
-Each write goes out as `TxnCall(id, request, timeout)`; the coordinator decides each on its own and
-answers by id as soon as it is decided. A unary gRPC call costs far more than a message on an open
-stream (on the coordinator, the unary call's own handling was most of its CPU at 64 clients), so
-concurrent writes of one client share one stream.
+Writes go to the coordinator as `TxnCall(id, request, timeout)` on `Client.Txns`, reads to a replica
+as `RangeCall` on `Client.Ranges`; the server handles each call on its own and answers by id as soon
+as it can. A unary gRPC call costs far more than a message on an open stream (on the coordinator, the
+unary call's own handling was most of its CPU at 64 clients), so concurrent calls share one stream.
 
-When the stream breaks, every write still waiting fails with `StreamBroken`, which says whether the
-request was written to the wire (then it may have been applied); the caller retries with the same
-(client_id, seq), which the coordinator answers from memory if the first attempt committed.
+When the stream breaks, every call still waiting fails with `StreamBroken`, which says whether the
+request was written to the wire (for a write: then it may have been applied); the caller retries, a
+write with the same (client_id, seq), which the coordinator answers from memory if it committed.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from corral.rpc import corral_pb2 as pb
-from corral.rpc import corral_pb2_grpc as pb_grpc
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_RespCo = TypeVar("_RespCo", covariant=True)
 
 
 class StreamBroken(Exception):
-    """The write did not get an answer: the stream to the coordinator failed or timed out."""
+    """The call did not get an answer: its stream failed or timed out."""
 
     def __init__(self, code: grpc.StatusCode, details: str, *, sent: bool) -> None:
         super().__init__(f"{code.name}: {details}")
@@ -33,18 +35,36 @@ class StreamBroken(Exception):
         self.sent = sent  # the request reached the wire: it may have been applied
 
 
-class WriteStream:
-    """The write stream of one client (see the module docstring)."""
+class _CallMsg(Protocol):
+    id: int
 
-    def __init__(self, channel: Callable[[], grpc.aio.Channel]) -> None:
-        self._channel = channel
+
+class _ReturnMsg(Protocol[_RespCo]):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def response(self) -> _RespCo: ...
+
+
+class CallStream(Generic[_Req, _Resp]):
+    """One multiplexed stream (see the module docstring). `open_stream` opens the gRPC call;
+    `wrap(id, request, timeout_ms)` builds the call message."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[], grpc.aio.StreamStreamCall[Any, Any]],
+        wrap: Callable[[int, _Req, int], _CallMsg],
+    ) -> None:
+        self._open = open_stream
+        self._wrap = wrap
         self._ids = itertools.count(1)
-        self._futures: dict[int, asyncio.Future[pb.TxnResponse]] = {}
+        self._futures: dict[int, asyncio.Future[_Resp]] = {}
         self._written: set[int] = set()
-        self._outbox: asyncio.Queue[pb.TxnCall] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_CallMsg] = asyncio.Queue()
         self._session: asyncio.Task[None] | None = None
 
-    async def call(self, request: pb.TxnRequest, timeout_s: float) -> pb.TxnResponse:
+    async def call(self, request: _Req, timeout_s: float) -> _Resp:
         """Send one write and wait for its answer.
 
         Raises:
@@ -53,9 +73,9 @@ class WriteStream:
         if self._session is None or self._session.done():
             self._session = asyncio.get_running_loop().create_task(self._run(), name="corral-writes")
         call_id = next(self._ids)
-        fut: asyncio.Future[pb.TxnResponse] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[_Resp] = asyncio.get_running_loop().create_future()
         self._futures[call_id] = fut
-        self._outbox.put_nowait(pb.TxnCall(id=call_id, request=request, timeout_ms=max(1, int(timeout_s * 1000))))
+        self._outbox.put_nowait(self._wrap(call_id, request, max(1, int(timeout_s * 1000))))
         try:
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
@@ -66,7 +86,7 @@ class WriteStream:
             self._futures.pop(call_id, None)
             self._written.discard(call_id)
 
-    async def _write(self, stream: grpc.aio.StreamStreamCall[pb.TxnCall, pb.TxnReturn]) -> None:
+    async def _write(self, stream: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         while True:
             call = await self._outbox.get()
             if call.id in self._futures:  # not already failed (and retried) by its caller
@@ -74,12 +94,12 @@ class WriteStream:
                 await stream.write(call)
 
     async def _run(self) -> None:
-        stub = pb_grpc.ClientStub(self._channel())
-        stream = stub.Txns()  # type: ignore[call-arg]  # aio: requests are written on the call
+        stream = self._open()
         writer = asyncio.get_running_loop().create_task(self._write(stream), name="corral-writes-out")
-        failure = StreamBroken(grpc.StatusCode.UNAVAILABLE, "the coordinator closed the write stream", sent=True)
+        failure = StreamBroken(grpc.StatusCode.UNAVAILABLE, "the server closed the stream", sent=True)
         try:
-            async for answer in stream:
+            async for message in stream:
+                answer: _ReturnMsg[_Resp] = message
                 fut = self._futures.get(answer.id)
                 if fut is not None and not fut.done():
                     fut.set_result(answer.response)
