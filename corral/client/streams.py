@@ -22,7 +22,7 @@ import grpc
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
-_RespCo = TypeVar("_RespCo", covariant=True)
+_Resp_co = TypeVar("_Resp_co", covariant=True)
 
 
 class StreamBroken(Exception):
@@ -39,12 +39,12 @@ class _CallMsg(Protocol):
     id: int
 
 
-class _ReturnMsg(Protocol[_RespCo]):
+class _ReturnMsg(Protocol[_Resp_co]):
     @property
     def id(self) -> int: ...
 
     @property
-    def response(self) -> _RespCo: ...
+    def response(self) -> _Resp_co: ...
 
 
 class CallStream(Generic[_Req, _Resp]):
