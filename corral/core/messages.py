@@ -192,7 +192,8 @@ class Vote:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """A commit is applied (or an abort done) at the sender, whose applied revision is `revision`."""
+    """Cumulative: the sender has applied every revision up to `revision` (commits apply in revision
+    order), so one ack settles every commit at or below it; `txid` is the last one applied."""
 
     txid: TxId
     revision: int

@@ -475,14 +475,20 @@ class Coordinator:
         self._commit(out, p, outcomes.pop(), now_ms)
 
     def _on_ack(self, out: EffectsBuilder, src: NodeName, ack: Ack) -> None:
-        c = self._committed.get(ack.txid)
-        if c is None:
-            return
-        c.unacked.discard(src)
-        if not c.unacked:
-            self._end(out, c)
-        else:
-            self._schedule_retry(c)
+        """Acks are cumulative: `src` applied every revision up to `ack.revision`. `_committed` is in
+        revision order (revisions are assigned in decision order), so only its head is visited."""
+        settled = []
+        for c in self._committed.values():
+            if c.revision > ack.revision:
+                break
+            if src in c.unacked:
+                settled.append(c)
+        for c in settled:
+            c.unacked.discard(src)
+            if not c.unacked:
+                self._end(out, c)
+            else:
+                self._schedule_retry(c)
 
     def _on_unreachable(self, out: EffectsBuilder, dst: NodeName, msgs: Sequence[Message], now_ms: int) -> None:
         for msg in msgs:

@@ -374,6 +374,7 @@ class Participant:
         self._apply_in_order(out)
 
     def _apply_in_order(self, out: EffectsBuilder) -> None:
+        last: TxId | None = None
         while (txid := self._decided.pop(self.applied_revision + 1, None)) is not None:
             p = self._prepared[txid]
             revision = self.applied_revision + 1
@@ -382,7 +383,10 @@ class Participant:
             self._unlock(p)
             self.applied_revision = revision
             self._remember(txid, revision)
-            out.send.append(Envelope(self.coordinator, Ack(txid, revision)))
+            last = txid
+        if last is not None:
+            # One cumulative ack for everything applied in this step (commits apply in order).
+            out.send.append(Envelope(self.coordinator, Ack(last, self.applied_revision)))
 
     def _on_resolve_reply(self, out: EffectsBuilder, src: NodeName, msg: ResolveReply, now_ms: int) -> None:
         trusted = self.can_serve_linearizable(now_ms) or src != self.coordinator

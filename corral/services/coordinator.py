@@ -43,7 +43,6 @@ from corral.services.base import (
     PeerEndpoint,
     Releaser,
     Ticker,
-    answer_calls,
     call_timeout_s,
     deadline_s,
     fail_stop,
@@ -165,15 +164,52 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         return await self._txn(request, deadline_s(context, self.config.timeouts.request_timeout_ms))
 
     async def Txns(self, request_iterator: AsyncIterator[pb.TxnCall], context: Context) -> AsyncIterator[pb.TxnReturn]:
-        """Many writes over one stream: each is decided on its own and answered by id as it is."""
+        """Many writes over one stream, each answered by id as soon as it is decided. Calls are stepped
+        as they arrive, with no task or timer each: the core answers every request by its deadline
+        (a pending transaction aborts at it; a held one is refused at it)."""
+        answers: asyncio.Queue[pb.TxnReturn | None] = asyncio.Queue()
         default_ms = self.config.timeouts.request_timeout_ms
 
-        async def handle(call: pb.TxnCall) -> pb.TxnReturn:
-            response = await self._txn(call.request, call_timeout_s(call.timeout_ms, default_ms))
-            return pb.TxnReturn(id=call.id, response=response)
+        async def pump() -> None:
+            try:
+                async for call in request_iterator:
+                    self._txn_call(call, call_timeout_s(call.timeout_ms, default_ms), answers)
+            finally:
+                answers.put_nowait(None)
 
-        async for answer in answer_calls(request_iterator, handle):
-            yield answer
+        pumping = asyncio.get_running_loop().create_task(pump())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            pumping.cancel()
+
+    def _txn_call(self, call: pb.TxnCall, timeout_s: float, answers: asyncio.Queue[pb.TxnReturn | None]) -> None:
+        try:
+            txn = txn_from_pb(call.request.txn)
+            txn.validate(self.config.limits)
+        except CorralError as err:
+            answers.put_nowait(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
+            return
+        rid = next(self._ids)
+        fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+
+        def answered(done: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo]) -> None:
+            self._waiters.pop(rid, None)
+            answers.put_nowait(pb.TxnReturn(id=call.id, response=self._txn_response(done.result())))
+
+        fut.add_done_callback(answered)
+        client_id = call.request.client_id or f"anonymous-{self.core.epoch}-{rid}"
+        self._step([ClientTxn(rid, client_id, call.request.seq, txn, now_ms() + int(timeout_s * 1000))])
+
+    @staticmethod
+    def _txn_response(result: TxnResult | LeaseInfo | ErrorInfo) -> pb.TxnResponse:
+        if isinstance(result, ErrorInfo):
+            return pb.TxnResponse(error=error_to_pb(result))
+        if not isinstance(result, TxnResult):
+            raise Internal(f"a transaction was answered with {type(result).__name__}")
+        return pb.TxnResponse(revision=result.revision, succeeded=result.succeeded)
 
     async def _txn(self, request: pb.TxnRequest, timeout_s: float) -> pb.TxnResponse:
         try:
@@ -198,11 +234,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
             return pb.TxnResponse(error=error_to_pb(unknown))
         finally:
             self._waiters.pop(rid, None)
-        if isinstance(result, ErrorInfo):
-            return pb.TxnResponse(error=error_to_pb(result))
-        if not isinstance(result, TxnResult):
-            raise Internal(f"a transaction was answered with {type(result).__name__}")
-        return pb.TxnResponse(revision=result.revision, succeeded=result.succeeded)
+        return self._txn_response(result)
 
     async def _lease(self, context: Context, op: str, lease_id: int = 0, ttl_ms: int = 0) -> pb.LeaseReply:
         timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
