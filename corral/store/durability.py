@@ -5,8 +5,13 @@ COMMIT but does not fsync them; `synchronous=FULL` fsyncs at every COMMIT, on th
 Here the service commits with NORMAL (microseconds, on the event loop), notes the commit, and awaits
 `wait_durable(ticket)`: a single background fsync of the WAL file, run on a worker thread, makes every
 commit noted before it started durable. While one fsync runs, later commits queue for the next one.
-That is FULL's guarantee (nothing is acknowledged before it is on disk) at a fraction of the fsyncs,
-and the event loop keeps serving while the disk works.
+That is FULL's guarantee (nothing is acknowledged before it is on disk) at a fraction of the fsyncs.
+
+Where the fsync runs adapts to the disk: while fsyncs are fast (a moving average under
+INLINE_FSYNC_MAX_MS) it runs on the event loop itself, because handing it to a thread and back costs
+more than it takes (measured here: a 0.3 ms fsync, a 0.3 ms round trip through the thread pool; inline
+gave a lower p50 at one client and more puts/s at 64). A slow disk moves it to a worker thread, so
+the loop keeps serving while the disk works.
 
 A frame fsynced in the WAL is recovered by SQLite after a crash exactly as if FULL had synced it;
 checkpoints (which copy the WAL into the database file) fsync on their own in NORMAL mode.
@@ -16,7 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
+
+# Run the fsync on the event loop while it averages under this; above, on a worker thread.
+INLINE_FSYNC_MAX_MS = 2.0
+# Weight of the newest fsync in the moving average of fsync times.
+_FSYNC_EWMA_WEIGHT = 0.2
 
 
 class WalSync:
@@ -29,6 +40,7 @@ class WalSync:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self.fsyncs = 0  # for metrics and tests
+        self.fsync_ms_avg = 0.0
 
     def note_commit(self) -> int:
         """Call right after a NORMAL-mode COMMIT; returns the ticket to wait on."""
@@ -61,7 +73,13 @@ class WalSync:
         while self._waiters:
             target = self._noted
             try:
-                await loop.run_in_executor(None, self._fsync)
+                started = time.perf_counter()
+                if self.fsync_ms_avg <= INLINE_FSYNC_MAX_MS:
+                    self._fsync()
+                else:
+                    await loop.run_in_executor(None, self._fsync)
+                took_ms = (time.perf_counter() - started) * 1000
+                self.fsync_ms_avg += _FSYNC_EWMA_WEIGHT * (took_ms - self.fsync_ms_avg)
             except OSError as err:
                 # The disk failed us: nothing more can be promised durable. Fail every waiter; the
                 # service treats this as fatal (fail-stop) rather than acknowledge on a broken disk.
