@@ -74,6 +74,7 @@ class LeaseTable:
         # (expires_at_ms, id), lazily cleaned: an entry counts only while it is the lease's expiry.
         self._expiries: list[tuple[int, LeaseId]] = [(lease.expires_at_ms, lease.id) for lease in self._leases.values()]
         heapq.heapify(self._expiries)
+        self._ending: dict[LeaseId, Lease] = {}  # ending leases, so finding them scans nothing
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -106,9 +107,14 @@ class LeaseTable:
         out = []
         while (head := self._next()) is not None and head.expires_at_ms <= now_ms:
             heapq.heappop(self._expiries)
-            head.ending = True
+            self.mark_ending(head)
             out.append(head)
         return out
+
+    def mark_ending(self, lease: Lease) -> None:
+        """No key may attach to it any more; its keys are to be deleted."""
+        lease.ending = True
+        self._ending[lease.id] = lease
 
     def _next(self) -> Lease | None:
         """The live lease that expires first (dropping heap entries that no longer count)."""
@@ -121,9 +127,10 @@ class LeaseTable:
         return None
 
     def ending(self) -> list[Lease]:
-        return [lease for lease in self._leases.values() if lease.ending]
+        return list(self._ending.values())
 
     def end(self, lease_id: LeaseId) -> Lease | None:
+        self._ending.pop(lease_id, None)
         return self._leases.pop(lease_id, None)
 
     def next_expiry_ms(self) -> int | None:

@@ -238,24 +238,30 @@ class Coordinator:
 
     def step(self, event: Event, now_ms: int) -> Effects:
         """Feed one event; return what to persist, send and reply, in that order."""
+        return self.step_many((event,), now_ms)
+
+    def step_many(self, events: Sequence[Event], now_ms: int) -> Effects:
+        """Feed several events that arrived together (a batch of votes, a burst of requests): the same
+        as stepping each in order, with the per-step work (timers, joins, lease ends) done once."""
         if self._broken is not None:
             raise Internal(f"coordinator core stopped after an earlier internal error: {self._broken}")
         if not self._started:
             raise Internal("coordinator stepped before start()")
         out = EffectsBuilder()
         try:
-            if isinstance(event, ClientTxn):
-                self._on_client_txn(out, event, now_ms)
-            elif isinstance(event, ClientLease):
-                self._on_client_lease(out, event, now_ms)
-            elif isinstance(event, Received):
-                self._on_received(out, event.src, event.msg, now_ms)
-            elif isinstance(event, Unreachable):
-                self._on_unreachable(out, event.dst, event.msgs, now_ms)
-            elif isinstance(event, Tick):
-                self._on_tick(out, now_ms)
-            else:
-                raise Internal(f"unknown event {type(event).__name__}")
+            for event in events:
+                if isinstance(event, ClientTxn):
+                    self._on_client_txn(out, event, now_ms)
+                elif isinstance(event, ClientLease):
+                    self._on_client_lease(out, event, now_ms)
+                elif isinstance(event, Received):
+                    self._on_received(out, event.src, event.msg, now_ms)
+                elif isinstance(event, Unreachable):
+                    self._on_unreachable(out, event.dst, event.msgs, now_ms)
+                elif isinstance(event, Tick):
+                    self._on_tick(out, now_ms)
+                else:
+                    raise Internal(f"unknown event {type(event).__name__}")
             self._progress_join(out, now_ms)
             self._progress_lease_ends(out, now_ms)
         except Internal as err:
@@ -395,7 +401,7 @@ class Coordinator:
                 unknown = NotFound(f"lease {ev.lease_id} does not exist (or has ended)", lease=ev.lease_id)
                 out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(unknown)))
                 return
-            target.ending = True
+            self.leases.mark_ending(target)
             target.waiters.append(ev.request_id)  # answered once its keys are deleted
             return
         else:

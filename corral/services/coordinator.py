@@ -103,8 +103,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
 
     def _step(self, events: list[Event], capture: str | None = None) -> asyncio.Future[list[Message]]:
         try:
-            now = now_ms()
-            effects = [self.core.step(ev, now) for ev in events]
+            effects = [self.core.step_many(events, now_ms())]
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
