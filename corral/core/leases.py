@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from corral.errors import InvalidArgument
+from corral.errors import CorralError, Internal, InvalidArgument, LeaseExpired, NotFound
 
 LeaseId = int
 _COUNTER_BITS = 32
@@ -132,6 +132,40 @@ class LeaseTable:
     def end(self, lease_id: LeaseId) -> Lease | None:
         self._ending.pop(lease_id, None)
         return self._leases.pop(lease_id, None)
+
+    def request(
+        self, op: str, lease_id: int, ttl_ms: int, request_id: int, now_ms: int
+    ) -> LeaseInfo | CorralError | None:
+        """A client's lease request: grant, keepalive, ttl or revoke. The answer, or None for a revoke
+        (answered once the lease's keys are deleted: `request_id` joins its waiters).
+
+        Raises:
+            Internal: an unknown operation (the shell only sends these four).
+        """
+        if op == "grant":
+            try:
+                ttl = check_ttl(ttl_ms)
+            except InvalidArgument as err:
+                return err
+            lease = self.grant(ttl, now_ms)
+            return LeaseInfo(lease.id, lease.ttl_ms, lease.ttl_ms)
+        if op == "keepalive":
+            kept = self.keepalive(lease_id, now_ms)
+            if kept is None:
+                return LeaseExpired(
+                    f"lease {lease_id} has expired or was revoked; its keys are deleted", lease=lease_id
+                )
+            return LeaseInfo(kept.id, kept.ttl_ms, kept.ttl_ms)
+        if op not in ("ttl", "revoke"):
+            raise Internal(f"unknown lease operation {op!r}")
+        found = self.get(lease_id)
+        if found is None:
+            return NotFound(f"lease {lease_id} does not exist (or has ended)", lease=lease_id)
+        if op == "ttl":
+            return LeaseInfo(found.id, found.ttl_ms, 0 if found.ending else found.remaining_ms(now_ms))
+        self.mark_ending(found)
+        found.waiters.append(request_id)
+        return None
 
     def next_expiry_ms(self) -> int | None:
         head = self._next()

@@ -59,7 +59,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from corral.core.leases import LeaseInfo, LeaseTable, check_ttl
+from corral.core.leases import LeaseInfo, LeaseTable
 from corral.core.messages import (
     Abort,
     Ack,
@@ -75,11 +75,9 @@ from corral.core.messages import (
     Event,
     Join,
     JoinReady,
-    LeaseGrant,
     LeaseRequest,
     Message,
     NodeName,
-    NotMember,
     Outcome,
     OutcomeKind,
     Prepare,
@@ -92,13 +90,12 @@ from corral.core.messages import (
     Unreachable,
     Vote,
 )
-from corral.errors import Conflict, Internal, InvalidArgument, LeaseExpired, NotFound, PeerError, Unavailable
+from corral.core.views import Joining, ViewKeeper
+from corral.errors import Conflict, CorralError, Internal, LeaseExpired, PeerError, Unavailable
 from corral.limits import (
     CLIENT_OUTCOMES_MAX,
     DEFAULT_TIMEOUTS,
     FROZEN_REQUESTS_MAX,
-    LEASE_DRIFT_FRACTION,
-    LEASE_DRIFT_MS,
     MIN_REPLICAS,
     Timeouts,
 )
@@ -111,7 +108,6 @@ from corral.records import (
     LeaseEndRecord,
     LeaseRecord,
     TxId,
-    ViewRecord,
     format_txid,
     make_txid,
 )
@@ -145,13 +141,6 @@ class _Committed:
     next_retry_ms: int = 0  # when the first unacknowledged COMMIT is re-sent (the timer heap's key)
 
 
-@dataclass(slots=True)
-class _Joining:
-    replica: NodeName
-    deadline_ms: int
-    ready_sent: bool = False
-
-
 class Coordinator:
     """See the module docstring."""
 
@@ -171,16 +160,11 @@ class Coordinator:
         self.node = node
         self.replicas: tuple[NodeName, ...] = tuple(replicas)
         self.timeouts = timeouts
-        self.min_replicas = max(1, min(min_replicas, len(self.replicas)))
         self.log = logger or logging.getLogger(__name__)
         self.epoch = disk.epoch + 1
         self._counter = 0
         self.last_revision = disk.last_revision
-        # A brand-new cluster's view is every configured replica.
-        self.view = disk.view
-        self.members: tuple[NodeName, ...] = disk.members if disk.view else self.replicas
-        self._lease_granted_ms: dict[NodeName, int] = {}
-        self._joining: _Joining | None = None
+        self.views = ViewKeeper(self.replicas, disk.view, disk.members, timeouts=timeouts, min_replicas=min_replicas)
         self._held: deque[ClientTxn] = deque()
         self._pending: dict[TxId, _Pending] = {}
         # Timers as heaps with lazy deletion: an entry counts only while it matches the current state
@@ -213,23 +197,19 @@ class Coordinator:
         self._started = True
         out = EffectsBuilder()
         out.persist.append(EpochRecord(self.epoch))
-        if self.view == 0:
-            self.view = 1
-            out.persist.append(ViewRecord(self.view, self.members))
-        # Members may hold leases granted by the previous incarnation: treat every one as granted now.
-        self._lease_granted_ms = dict.fromkeys(self.members, now_ms)
+        out.persist.extend(self.views.start(now_ms))
         # Client leases survive a restart with a fresh TTL: a restart must not expire every session.
         self.leases = LeaseTable(self.epoch, self._lease_grants, now_ms)
         for rec in self._recovered:
-            c = _Committed(rec.txid, rec.revision, set(self.members), {})
+            c = _Committed(rec.txid, rec.revision, set(self.views.members), {})
             self._committed[rec.txid] = c
-            self._send_commit(out, c, self.members, now_ms)
+            self._send_commit(out, c, self.views.members, now_ms)
         self.log.info(
             "coordinator=%s epoch=%d view=%d members=%s revision=%d recovered_unended=%d",
             self.node,
             self.epoch,
-            self.view,
-            ",".join(self.members),
+            self.views.view,
+            ",".join(self.views.members),
             self.last_revision,
             len(self._recovered),
         )
@@ -287,7 +267,19 @@ class Coordinator:
 
     @property
     def joining(self) -> NodeName | None:
-        return self._joining.replica if self._joining else None
+        return self.views.joining.replica if self.views.joining else None
+
+    @property
+    def view(self) -> int:
+        return self.views.view
+
+    @property
+    def members(self) -> tuple[NodeName, ...]:
+        return self.views.members
+
+    @property
+    def min_replicas(self) -> int:
+        return self.views.min_replicas
 
     def check_invariants(self) -> None:
         for key, txid in self._key_owner.items():
@@ -299,10 +291,7 @@ class Coordinator:
             assert set(p.votes) <= set(p.participants)
         for c in self._committed.values():
             assert c.revision <= self.last_revision
-        assert len(self.members) >= min(self.min_replicas, len(self.replicas)) or self.view == 0
-        assert set(self.members) <= set(self.replicas)
-        if self._joining is not None:
-            assert self._joining.replica not in self.members
+        self.views.check_invariants()
 
     # -- events --------------------------------------------------------------------------------
 
@@ -316,7 +305,7 @@ class Coordinator:
         if running is not None:
             self._pending[running].waiters.append(ev.request_id)
             return
-        if self._joining is not None:
+        if self.views.joining is not None:
             if len(self._held) >= FROZEN_REQUESTS_MAX:
                 full = Unavailable("a replica is joining and too many requests are waiting; retry shortly")
                 out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(full)))
@@ -349,7 +338,7 @@ class Coordinator:
         self._counter += 1
         txid = make_txid(self.epoch, self._counter)
         deadline = min(deadline_ms, now_ms + self.timeouts.prepare_timeout_ms)
-        participants = self.members
+        participants = self.views.members
         keys = txn.keys()
         attaches = txn.leases_attached()
         self._pending[txid] = _Pending(txid, txn, keys, client, waiters, deadline, participants, attaches)
@@ -367,50 +356,16 @@ class Coordinator:
     # -- leases ---------------------------------------------------------------------------------
 
     def _on_client_lease(self, out: EffectsBuilder, ev: ClientLease, now_ms: int) -> None:
-        result: LeaseInfo | ErrorInfo
-        if ev.op == "grant":
-            try:
-                ttl = check_ttl(ev.ttl_ms)
-            except InvalidArgument as err:
-                out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(err)))
-                return
-            lease = self.leases.grant(ttl, now_ms)
-            out.persist.append(LeaseRecord(lease.id, lease.ttl_ms))
-            result = LeaseInfo(lease.id, lease.ttl_ms, lease.ttl_ms)
-        elif ev.op == "keepalive":
-            kept = self.leases.keepalive(ev.lease_id, now_ms)
-            result = (
-                LeaseInfo(kept.id, kept.ttl_ms, kept.ttl_ms)
-                if kept is not None
-                else ErrorInfo.of(
-                    LeaseExpired(
-                        f"lease {ev.lease_id} has expired or was revoked; its keys are deleted", lease=ev.lease_id
-                    )
-                )
-            )
-        elif ev.op == "ttl":
-            found = self.leases.get(ev.lease_id)
-            result = (
-                LeaseInfo(found.id, found.ttl_ms, 0 if found.ending else found.remaining_ms(now_ms))
-                if found is not None
-                else ErrorInfo.of(NotFound(f"lease {ev.lease_id} does not exist (or has ended)", lease=ev.lease_id))
-            )
-        elif ev.op == "revoke":
-            target = self.leases.get(ev.lease_id)
-            if target is None:
-                unknown = NotFound(f"lease {ev.lease_id} does not exist (or has ended)", lease=ev.lease_id)
-                out.reply.append(ClientReply(ev.request_id, ErrorInfo.of(unknown)))
-                return
-            self.leases.mark_ending(target)
-            target.waiters.append(ev.request_id)  # answered once its keys are deleted
-            return
-        else:
-            raise Internal(f"unknown lease operation {ev.op!r}")
-        out.reply.append(ClientReply(ev.request_id, result))
+        answer = self.leases.request(ev.op, ev.lease_id, ev.ttl_ms, ev.request_id, now_ms)
+        if ev.op == "grant" and isinstance(answer, LeaseInfo):
+            out.persist.append(LeaseRecord(answer.id, answer.ttl_ms))  # forced before the client hears of it
+        if answer is not None:
+            result = ErrorInfo.of(answer) if isinstance(answer, CorralError) else answer
+            out.reply.append(ClientReply(ev.request_id, result))
 
     def _progress_lease_ends(self, out: EffectsBuilder, now_ms: int) -> None:
         """Start deleting the keys of every ending lease that nothing in flight attaches to."""
-        if self._joining is not None:
+        if self.views.joining is not None:
             return  # held like any transaction until the joiner is in
         busy = set(self._lease_txns.values())
         for lease in self.leases.ending():
@@ -444,7 +399,9 @@ class Coordinator:
         elif isinstance(msg, ResolveRequest):
             out.send.append(Envelope(src, ResolveReply(tuple(self.outcome_of(t) for t in msg.txids))))
         elif isinstance(msg, LeaseRequest):
-            self._on_lease_request(out, src, msg, now_ms)
+            answer = self.views.on_lease_request(src, msg, now_ms)
+            if answer is not None:
+                out.send.append(Envelope(src, answer))
         elif isinstance(msg, Join):
             self._on_join(out, src, now_ms)
         elif isinstance(msg, CaughtUp):
@@ -455,7 +412,7 @@ class Coordinator:
     def _on_vote(self, out: EffectsBuilder, src: NodeName, vote: Vote, now_ms: int) -> None:
         p = self._pending.get(vote.txid)
         if p is None:
-            if vote.yes and vote.txid not in self._committed and src in self.members:
+            if vote.yes and vote.txid not in self._committed and src in self.views.members:
                 # A yes for a transaction already aborted: the voter holds locks for nothing. (Or ENDed:
                 # a member applied it and ignores this.) Not to a non-member: the commit may have ENDed
                 # without it, so ABORT would be a presumption; it learns it is outside and discards.
@@ -531,36 +488,20 @@ class Coordinator:
             due = [n for n in sorted(c.unacked) if c.last_sent_ms.get(n, 0) + retry <= now_ms]
             self._send_commit(out, c, due, now_ms)
 
-    # -- the view ------------------------------------------------------------------------------
-
-    def _lease_expiry_ms(self, granted_ms: int) -> int:
-        lease = self.timeouts.read_lease_ms
-        return granted_ms + lease + int(lease * LEASE_DRIFT_FRACTION) + LEASE_DRIFT_MS
-
-    def _on_lease_request(self, out: EffectsBuilder, src: NodeName, req: LeaseRequest, now_ms: int) -> None:
-        if src in self.members:
-            self._lease_granted_ms[src] = now_ms
-            grant = LeaseGrant(self.view, self.members, self.timeouts.read_lease_ms, req.request_ms)
-            out.send.append(Envelope(src, grant))
-        elif src in self.replicas:
-            out.send.append(Envelope(src, NotMember(self.view, self.members)))
+    # -- the view (core/views.py) ------------------------------------------------------------
 
     def _expire_leases(self, out: EffectsBuilder, now_ms: int) -> None:
-        for member in list(self.members):
-            granted = self._lease_granted_ms.get(member, now_ms)
-            if now_ms < self._lease_expiry_ms(granted):
-                continue
-            if len(self.members) <= self.min_replicas:
-                continue  # never below min_replicas: writes stop instead (they cannot get its vote)
-            self._set_view(out, tuple(m for m in self.members if m != member))
+        for member, silent_ms, record in self.views.drop_expired(now_ms):
+            out.persist.append(record)
             self.log.warning(
                 "coordinator=%s dropped %s from the view (no lease renewal since %d ms ago); view=%d members=%s",
                 self.node,
                 member,
-                now_ms - granted,
-                self.view,
-                ",".join(self.members),
+                silent_ms,
+                record.view,
+                ",".join(record.members),
             )
+            # It no longer holds up END: it rejoins by catching up, and discards what it held in doubt.
             for c in list(self._committed.values()):
                 if member in c.unacked:
                     c.unacked.discard(member)
@@ -569,24 +510,19 @@ class Coordinator:
                     else:
                         self._schedule_retry(c)
 
-    def _set_view(self, out: EffectsBuilder, members: tuple[NodeName, ...]) -> None:
-        self.view += 1
-        self.members = tuple(r for r in self.replicas if r in members)  # configuration order
-        out.persist.append(ViewRecord(self.view, self.members))
-
     def _on_join(self, out: EffectsBuilder, src: NodeName, now_ms: int) -> None:
         if src not in self.replicas:
             return
-        if src in self.members:
-            self._grant_after_join(out, src, now_ms)
+        if src in self.views.members:
+            out.send.append(Envelope(src, self.views.membership_notice(src, now_ms)))
             return
-        if self._joining is None:
-            self._joining = _Joining(src, now_ms + self.timeouts.join_timeout_ms)
+        if self.views.joining is None:
+            self.views.joining = Joining(src, now_ms + self.timeouts.join_timeout_ms)
             self.log.info("coordinator=%s %s asks to join; holding new transactions", self.node, src)
         # Another replica joining: this one asks again later.
 
     def _progress_join(self, out: EffectsBuilder, now_ms: int) -> None:
-        j = self._joining
+        j = self.views.joining
         if j is None:
             return
         if now_ms >= j.deadline_ms:
@@ -598,7 +534,7 @@ class Coordinator:
             out.send.append(Envelope(j.replica, JoinReady(self.last_revision, make_txid(self.epoch, self._counter))))
 
     def _on_caught_up(self, out: EffectsBuilder, src: NodeName, msg: CaughtUp, now_ms: int) -> None:
-        j = self._joining
+        j = self.views.joining
         if j is None or j.replica != src or not j.ready_sent:
             return
         if msg.applied_revision < self.last_revision:
@@ -615,19 +551,16 @@ class Coordinator:
             )
             self._end_join(out, now_ms)
             return
-        self._set_view(out, (*self.members, src))
-        self.log.info("coordinator=%s %s joined; view=%d members=%s", self.node, src, self.view, ",".join(self.members))
-        self._grant_after_join(out, src, now_ms)
+        record = self.views.admit(src, now_ms)
+        out.persist.append(record)
+        self.log.info(
+            "coordinator=%s %s joined; view=%d members=%s", self.node, src, record.view, ",".join(record.members)
+        )
+        out.send.append(Envelope(src, self.views.membership_notice(src, now_ms)))
         self._end_join(out, now_ms)
 
-    def _grant_after_join(self, out: EffectsBuilder, src: NodeName, now_ms: int) -> None:
-        # The joiner learns it is a member from a lease grant carrying no time of its own (request 0):
-        # it holds no read lease until it asks for one.
-        out.send.append(Envelope(src, LeaseGrant(self.view, self.members, self.timeouts.read_lease_ms, 0)))
-        self._lease_granted_ms[src] = now_ms
-
     def _end_join(self, out: EffectsBuilder, now_ms: int) -> None:
-        self._joining = None
+        self.views.joining = None
         held, self._held = self._held, deque()
         for ev in held:
             self._on_client_txn(out, ev, now_ms)
@@ -657,7 +590,7 @@ class Coordinator:
         result = self._remember(rec)
         out.reply.extend(ClientReply(r, result) for r in p.waiters)
         # Participants that left the view since the transaction started do not hold up its END.
-        c = _Committed(p.txid, rec.revision, set(p.participants) & set(self.members), {})
+        c = _Committed(p.txid, rec.revision, set(p.participants) & set(self.views.members), {})
         self._committed[p.txid] = c
         self._send_commit(out, c, p.participants, now_ms)
         if not c.unacked:
@@ -713,10 +646,7 @@ class Coordinator:
         if retries:
             times.append(retries[0][0])
         times.extend(h.deadline_ms for h in self._held)
-        if len(self.members) > self.min_replicas:
-            times.extend(self._lease_expiry_ms(self._lease_granted_ms.get(m, 0)) for m in self.members)
-        if self._joining is not None:
-            times.append(self._joining.deadline_ms)
+        times.extend(self.views.next_wake())
         expiry = self.leases.next_expiry_ms()
         if expiry is not None:
             times.append(expiry)
