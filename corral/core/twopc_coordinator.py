@@ -365,11 +365,15 @@ class Coordinator:
 
     def _progress_lease_ends(self, out: EffectsBuilder, now_ms: int) -> None:
         """Start deleting the keys of every ending lease that nothing in flight attaches to."""
+        for lease_id in [i for i, due in self._lease_retry_ms.items() if due <= now_ms]:
+            # Its retry is due: whatever still holds it back (a join) ends in a step, which comes back
+            # here. Left in, it would be a wake time in the past and the shell's ticker would spin (seed 19).
+            del self._lease_retry_ms[lease_id]
         if self.views.joining is not None:
             return  # held like any transaction until the joiner is in
         busy = set(self._lease_txns.values())
         for lease in self.leases.ending():
-            if lease.id in busy or self._attaching.get(lease.id) or self._lease_retry_ms.get(lease.id, 0) > now_ms:
+            if lease.id in busy or self._attaching.get(lease.id) or lease.id in self._lease_retry_ms:
                 continue
             txn = TxnSpec(on_success=(DeleteByLease(lease.id),))
             client = (f"{INTERNAL_CLIENT}lease-{lease.id}", self._counter + 1)

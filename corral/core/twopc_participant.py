@@ -22,7 +22,9 @@ Rules:
   coordinator, or from another of its participants (cooperative termination).
 - Commits apply in revision order: a COMMIT for revision r waits until r-1 is applied.
 - Locks cover every key a prepared transaction reads or writes; a read of a locked key waits (the
-  shell's job), which is what makes reads of committed writes linearizable.
+  shell's job), which is what makes reads of committed writes linearizable. A prepared sequential put
+  holds every name it may create (prefix + 20 digits above the applied revision) as a lock, and like
+  any lock it is exclusive: it is not taken while a prepared transaction holds one of those names.
 - Compares are evaluated at prepare time on the state the shell read for them. That state is final:
   any key with an undecided or unapplied write is locked, and locked keys make the vote a no.
 - A read lease counts from when its request was made (before the grant), so it ends before the
@@ -197,14 +199,16 @@ class Participant:
         return key in self._locks or (bool(self._sequential) and self._may_be_created(key))
 
     def _may_be_created(self, key: str) -> bool:
-        """Could a prepared sequential put name its key `key`? Only prefix + a 20-digit revision above
-        what this replica applied: an existing key never can (helper-4 measured needless refusals)."""
-        for prefix in self._sequential:
-            suffix = key[len(prefix) :]
-            named = key.startswith(prefix) and len(suffix) == SEQUENTIAL_DIGITS and suffix.isdigit()
-            if named and int(suffix) > self.applied_revision:
-                return True
-        return False
+        """Could a prepared sequential put name its key `key`?"""
+        return any(self._may_name(prefix, key) for prefix in self._sequential)
+
+    def _may_name(self, prefix: str, key: str) -> bool:
+        """Could a sequential put under `prefix` not applied yet be named `key`? Only prefix + a 20-digit
+        revision above what this replica applied: an existing key never can (helper-4 measured needless
+        refusals)."""
+        suffix = key[len(prefix) :]
+        named = key.startswith(prefix) and len(suffix) == SEQUENTIAL_DIGITS and suffix.isdigit()
+        return named and int(suffix) > self.applied_revision
 
     def locked_keys(self) -> frozenset[str]:
         return frozenset(self._locks)
@@ -299,6 +303,11 @@ class Participant:
         lease_held = {k for lease in deleted for k in lease_keys[lease]}
         keys = msg.txn.keys() | lease_held
         busy = sorted(k for k in keys if self.is_locked(k))
+        prefixes = [w.prefix for w in msg.txn.on_success + msg.txn.on_failure if isinstance(w, PutSequential)]
+        if prefixes:
+            # Locks are mutual: a sequential put may create a name a prepared transaction holds, whose
+            # compares were evaluated with that name absent (seed 270).
+            busy += sorted(k for k in self._locks if any(self._may_name(p, k) for p in prefixes))
         if busy:
             # Not the first-wins race (the coordinator answers those with Conflict): a transaction the
             # coordinator already decided, or one in doubt here, still holds the key. Transient.
@@ -498,7 +507,9 @@ class Participant:
         if self.membership is not Membership.OUTSIDE or not self.members:
             return
         target = self._join_target
-        behind = target is not None and self.applied_revision < target
+        # A commit decided above what we applied (waiting for order) is history a member has or will have:
+        # whatever a peer's last answer said, we are not level until we have it (seed 6664).
+        behind = (target is not None and self.applied_revision < target) or bool(self._decided)
         if (target is None and not self._level_with_peer) or behind:
             if self._fetch_sent_ms is None or now_ms - self._fetch_sent_ms >= self.timeouts.resolve_interval_ms:
                 peer = self.members[(self.applied_revision + now_ms) % len(self.members)]

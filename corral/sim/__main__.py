@@ -29,10 +29,12 @@ def run_seed(seed: int, *, verbose: bool = False) -> SimFailure | None:
         for line in sim.trace or ():
             print(line)
         ops = [op.status for op in sim.history]
+        kept = sum(1 for op in sim.workload.lease_history if op.op == "keepalive" and op.info is not None)
         print(
             f"seed {seed}: {len(ops)} operations ({ops.count('ok')} ok, {ops.count('failed')} failed, "
             f"{ops.count('unknown')} unknown), {len(sim.commit_records)} commits, {sim.crash_count} crashes, "
-            f"{sim.view_changes} view changes, {len(sim.served_reads)} linearizable reads served, "
+            f"{sim.rec.view_changes} view changes, {len(sim.served_reads)} linearizable reads served, "
+            f"{len(sim.rec.lease_ends)} leases ended ({kept} renewals acknowledged), "
             f"net {sim.net.stats}, virtual time {sim.now} ms"
         )
     return failure

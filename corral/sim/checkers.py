@@ -1,115 +1,60 @@
 """Invariant checkers over what one simulation run observed (DESIGN.md "Invariants checked after every test").
 
-Inputs (`Observation`): the durable records each node wrote, in order (the coordinator's CommitRecords, each
-replica's Prepared/Committed/Aborted records), every COMMIT the coordinator sent, each replica's store after
-quiescence, and the clients' history. Checks, each raising `InvariantViolation` with what broke:
+Inputs (`Observation`, see `observation.py`): the durable records each node wrote, in order, every COMMIT and
+PREPARE the coordinator sent, each replica's store after quiescence, the clients' history, and what the
+coordinator did with leases. The model (`observation.Replay`) applies the decision log in revision order.
+Checks, each raising `InvariantViolation` with what broke:
 
 1. One outcome per transaction: a txid has one revision everywhere (decision log, COMMIT messages, replicas'
    CommittedRecords), a revision has one txid, and no committed txid is in any replica's AbortedRecord.
 2. Replicas equal: every replica is at the coordinator's last revision, with the same digest and the same
    change history, revision by revision.
-3. No lost acknowledged write, no partial transaction, no phantom: a dict model replays the decision log in
-   revision order (each commit's request, branch chosen by its compares on the model) and each revision's
+3. No lost acknowledged write, no partial transaction, no phantom: the model replays the decision log (each
+   commit's request, as the coordinator prepared it; branch chosen by its compares on the model; a lease's end
+   deleting the keys the model holds with it; a sequential put named by its revision) and each revision's
    changes on the replicas must be exactly the model's rows; every acknowledged write's TxnResult matches its
    decision; a write the coordinator answered with an error was never committed.
-4. No request applied twice: one decision per (client_id, seq) at most.
+4. No request applied twice: one decision per (client_id, seq) at most (the coordinator's own transactions,
+   which have no client, are checked per lease in `lease_checkers`).
 5. Core invariants: checked by the cluster after every step (`check_invariants`), not here.
 6. Linearizability of the clients' history, by `corral.sim.linearizability` (the single hook: `_linearizable`).
 7. Reads under the lease rule: every linearizable read a replica served (`ServedRead`, recorded at the instant
    the replica's shell read its store, whether or not the reply reached the client) was served by a member of
    the coordinator's view at that instant (the lease rule: a replica stops reading before it is dropped), and
-   returned the key's value as of the newest decision logged by then (freshness: a member's locks cover every
-   decided write it has not applied, so nothing newer can exist). Freshness is a real-time check of each read
-   on its own, stronger than linearizability for reads; the membership check catches a stale-by-luck read.
+   returned the key's value (a range read: every key under its prefix) as of the newest decision logged by
+   then (freshness: a member's locks cover every decided write it has not applied, so nothing newer can
+   exist). Freshness is a real-time check of each read on its own, stronger than linearizability for reads;
+   the membership check catches a stale-by-luck read.
+8.-12. Client leases and sequential keys: `lease_checkers.py`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Sequence
 
-from corral.core.messages import ErrorInfo, TxnResult, TxnSpec
-from corral.model import Delete, Event, KeyValue, PreparedWrite, Put
-from corral.records import AbortedRecord, CommitRecord, CommittedRecord, Record, TxId, format_txid
+from corral.model import Delete, Event, Put, PutSequential, sequential_key
+from corral.records import AbortedRecord, CommitRecord, CommittedRecord, TxId, format_txid
 from corral.sim import linearizability as lin
-from corral.store.replica_log import ReplicaStorage
+from corral.sim.lease_checkers import LEASE_CHECKS
+from corral.sim.observation import (
+    InvariantViolation,
+    Observation,
+    OpKind,
+    OpRecord,
+    Replay,
+    ServedRead,
+    Status,
+    rows_by_revision,
+)
 
-OpKind = Literal["put", "delete", "cas", "txn", "get"]
-Status = Literal["pending", "ok", "failed", "unknown"]
+__all__ = ["InvariantViolation", "Observation", "OpKind", "OpRecord", "ServedRead", "Status", "check_all"]
 
 # A history this long cannot come from the workload bounds; the linearizability search is given a generous
 # time budget anyway, so a pathological history reports "timed out" instead of stalling CI.
 LINEARIZABILITY_BUDGET_S = 10.0
-# The simulated workload attaches no keys to client leases, so no transaction deletes a lease's keys.
-NO_LEASES: Mapping[int, Sequence[str]] = {}
-
-
-class InvariantViolation(AssertionError):
-    """A checker found a run that breaks one of the cluster's guarantees."""
-
-
-@dataclass(slots=True)
-class OpRecord:
-    """One client operation in the history: what was asked, when, and what came back."""
-
-    client: str
-    kind: OpKind
-    keys: tuple[str, ...]
-    call_ms: int
-    seq: int = 0  # writes: the (client, seq) identity shared by all attempts
-    txn: TxnSpec | None = None  # writes: the transaction sent
-    value: bytes | None = None  # put, cas, txn: the value written
-    expected: bytes | None = None  # cas: the value compared against
-    replica: str = ""  # get: where it was read
-    status: Status = "pending"
-    ret_ms: int | None = None  # None while pending and when the outcome is unknown
-    result: TxnResult | None = None  # acknowledged write
-    error: ErrorInfo | None = None  # failed operation
-    output: bytes | None = None  # get: the value read
-    request_ids: list[int] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.status != "pending"
-
-    def describe(self) -> str:
-        what = f"{self.kind} {','.join(self.keys)}"
-        if self.value is not None:
-            what += f" value={self.value!r}"
-        if self.kind == "cas":
-            what += f" expected={self.expected!r}"
-        out = self.result or (self.error.code if self.error else repr(self.output))
-        return f"client={self.client} seq={self.seq} {what} [{self.call_ms}, {self.ret_ms}] {self.status} -> {out}"
-
-
-@dataclass(frozen=True, slots=True)
-class ServedRead:
-    """A linearizable read served by a replica: at virtual time `at_ms` it returned `value` for `key`.
-    `decided_revision` is the newest revision in the coordinator's log at that instant, `view_members` the
-    members of the coordinator's current (durable) view."""
-
-    replica: str
-    key: str
-    value: bytes | None
-    at_ms: int
-    decided_revision: int
-    view_members: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class Observation:
-    """Everything the checkers need from one quiescent run."""
-
-    seed: int
-    last_revision: int
-    commit_records: Sequence[CommitRecord]
-    commits_sent: Mapping[TxId, set[int]]
-    replica_records: Mapping[str, Sequence[Record]]
-    replicas: Mapping[str, ReplicaStorage]
-    history: Sequence[OpRecord]
-    served_reads: Sequence[ServedRead] = ()
+# The client of the deletes a lease's end makes, in the linearizability check.
+LEASE_END_CLIENT = "lease-end"
 
 
 def check_all(obs: Observation) -> None:
@@ -120,6 +65,7 @@ def check_all(obs: Observation) -> None:
         check_writes,
         check_no_double_apply,
         check_reads,
+        *LEASE_CHECKS,
         check_linearizable,
     )
     for check in checks:
@@ -163,52 +109,40 @@ def check_one_outcome(obs: Observation) -> None:
 
 def check_replicas_equal(obs: Observation) -> None:
     digests: dict[str, str] = {}
-    histories: dict[str, list[Event]] = {}
     for name, storage in sorted(obs.replicas.items()):
         if storage.revision != obs.last_revision:
             raise InvariantViolation(
                 f"replica={name} is at revision {storage.revision}; the coordinator's last is {obs.last_revision}"
             )
         digests[name] = storage.store.digest()
-        histories[name] = storage.store.changes(1) if obs.last_revision else []
-    first = min(histories)
-    for name in sorted(histories):
+    first = min(digests)
+    for name in sorted(digests):
         if digests[name] != digests[first]:
             raise InvariantViolation(f"replica={name} digest {digests[name]} != replica={first} {digests[first]}")
-        if histories[name] != histories[first]:
-            rev = _first_difference(histories[name], histories[first])
+        if obs.changes(name) != obs.changes(first):
+            rev = _first_difference(obs.changes(name), obs.changes(first))
             raise InvariantViolation(f"replica={name} and replica={first} differ at revision {rev}")
 
 
 def check_writes(obs: Observation) -> None:
-    by_revision = {rec.revision: rec for rec in obs.commit_records}
-    missing = [r for r in range(1, obs.last_revision + 1) if r not in by_revision]
-    if missing:
-        raise InvariantViolation(f"revisions {missing[:5]} have no decision in the coordinator's log")
-    writes = {(op.client, op.seq): op for op in obs.history if op.txn is not None}
-    decided = {(rec.client_id, rec.seq): rec for rec in obs.commit_records}
-    replica_changes = {
-        name: _by_revision(s.store.changes(1)) if obs.last_revision else {} for name, s in obs.replicas.items()
-    }
-    model: dict[str, KeyValue] = {}
-    for rev in range(1, obs.last_revision + 1):
-        rec = by_revision[rev]
-        op = writes.get((rec.client_id, rec.seq))
-        if op is None or op.txn is None:
-            raise InvariantViolation(f"revision {rev} commits client={rec.client_id} seq={rec.seq}, never requested")
-        succeeded, branch = op.txn.evaluate(model, NO_LEASES)
-        if succeeded != rec.succeeded:
+    replica_changes = {name: rows_by_revision(obs.changes(name)) for name in sorted(obs.replicas)}
+    for step in Replay(obs):
+        rev, rec = step.revision, step.decision
+        what = step.op.describe() if step.op is not None else f"the coordinator's {step.txn}"
+        prepared = obs.coordinator_txns.get(rec.txid)
+        if prepared != step.txn:
+            raise InvariantViolation(f"revision {rev} ({what}): the coordinator prepared {prepared}")
+        if step.succeeded != rec.succeeded:
             raise InvariantViolation(
-                f"revision {rev} ({op.describe()}): compares held={succeeded} on the model, decision says "
-                f"{rec.succeeded}"
+                f"revision {rev} ({what}): compares held={step.succeeded} on the model, decision says {rec.succeeded}"
             )
-        expected = _apply(model, branch, rev)
-        for name, changes in sorted(replica_changes.items()):
+        for name, changes in replica_changes.items():
             got = changes.get(rev, [])
-            if got != expected:
+            if got != step.rows:
                 raise InvariantViolation(
-                    f"replica={name} revision {rev} ({op.describe()}): changes {got} != expected {expected}"
+                    f"replica={name} revision {rev} ({what}): changes {got} != expected {step.rows}"
                 )
+    decided = {(rec.client_id, rec.seq): rec for rec in obs.commit_records}
     for op in obs.history:
         if op.txn is None:
             continue
@@ -226,6 +160,8 @@ def check_writes(obs: Observation) -> None:
 def check_no_double_apply(obs: Observation) -> None:
     seen: dict[tuple[str, int], int] = {}
     for rec in obs.commit_records:
+        if not rec.client_id:
+            continue  # the coordinator's own (a lease's end): at most one per lease, see lease_checkers
         key = (rec.client_id, rec.seq)
         if key in seen:
             raise InvariantViolation(
@@ -242,110 +178,101 @@ def check_reads(obs: Observation) -> None:
                 f"the coordinator's view {','.join(read.view_members)} (the lease rule failed)"
             )
     # Replay the decisions once, in revision order, answering the reads in order of their revision.
-    writes = {(op.client, op.seq): op for op in obs.history if op.txn is not None}
-    by_revision = {rec.revision: rec for rec in obs.commit_records}
-    model: dict[str, KeyValue] = {}
-    rev = 0
+    replay = Replay(obs)
     for read in sorted(obs.served_reads, key=lambda r: r.decided_revision):
-        while rev < read.decided_revision:
-            rev += 1
-            rec = by_revision.get(rev)
-            op = writes.get((rec.client_id, rec.seq)) if rec is not None else None
-            if rec is None or op is None or op.txn is None:
-                raise InvariantViolation(f"revision {rev} has no decision or no request behind it")
-            _apply(model, op.txn.evaluate(model, NO_LEASES)[1], rev)
-        kv = model.get(read.key)
-        newest = None if kv is None else kv.value
-        if read.value != newest:
+        replay.advance_to(read.decided_revision)
+        got: object
+        if read.prefix:
+            got = read.kvs
+            newest: object = tuple((k, kv.value) for k, kv in sorted(replay.model.items()) if k.startswith(read.key))
+        else:
+            got = read.value
+            kv = replay.model.get(read.key)
+            newest = None if kv is None else kv.value
+        if got != newest:
             raise InvariantViolation(
-                f"replica={read.replica} served {read.key!r}={read.value!r} at t={read.at_ms}, but revision "
-                f"{read.decided_revision} (the newest decided then) has {newest!r}: a stale read"
+                f"replica={read.replica} served {read.key!r}{'*' if read.prefix else ''}={got!r} at t={read.at_ms}, "
+                f"but revision {read.decided_revision} (the newest decided then) has {newest!r}: a stale read"
             )
 
 
 def check_linearizable(obs: Observation) -> None:
-    _linearizable(obs.history)
+    _linearizable(obs)
 
 
 # -- the linearizability hook ----------------------------------------------------------------------------
 
 
-def _linearizable(history: Sequence[OpRecord]) -> None:
-    """The single place `corral.sim.linearizability` plugs in: translate the history, check, report."""
+def _linearizable(obs: Observation) -> None:
+    """The single place `corral.sim.linearizability` plugs in: translate the history, check, report.
+
+    Every key is a register. Besides the clients' operations, the deletes of a lease's end are operations of
+    their own, at the instant their decision was logged (a write takes effect for readers at its decision:
+    check 7). A sequential put is a put of the name its decision gave it (an unknown outcome that never
+    committed has no name and no effect). A probe (compare that names are absent) is a cas of absent
+    to absent on each; a range read is a get of every key under its prefix that anything ever wrote. Splitting an
+    atomic multi-key operation into per-key operations never raises a false alarm: the projection of a
+    linearizable history on one key is linearizable. (A probe of several names that failed says only that
+    one of them existed: it is left out.)"""
+    decided = {(rec.client_id, rec.seq): rec for rec in obs.commit_records if rec.client_id}
     ops: list[lin.Operation] = []
-    for op in history:
+    written: set[str] = set()
+    for step in Replay(obs):
+        written.update(w.key for w in step.writes)
+        if step.op is None:
+            at = obs.commit_times[step.revision]
+            for r in step.rows:
+                ops.append(lin.Operation(LEASE_END_CLIENT, lin.OpKind.DELETE, r[1], call=at, ret=at))
+    for op in obs.history:
         if op.status in ("failed", "pending"):
             continue  # no effect (an error means not applied), or nothing observed
-        ret = op.ret_ms if op.status == "ok" else None
-        if op.kind == "get":
-            if op.status == "ok":
-                ops.append(
-                    lin.Operation(op.client, lin.OpKind.GET, op.keys[0], output=op.output, call=op.call_ms, ret=ret)
-                )
-        elif op.kind == "cas":
-            output = op.result.succeeded if op.result is not None else None
-            ops.append(
-                lin.Operation(
-                    op.client,
-                    lin.OpKind.CAS,
-                    op.keys[0],
-                    value=op.value,
-                    expected=op.expected,
-                    output=output,
-                    call=op.call_ms,
-                    ret=ret,
-                )
-            )
-        else:
-            # A write without compares: each of its writes is a put or delete of one key (per-key histories
-            # of a linearizable multi-key history are linearizable, so splitting never raises a false alarm).
-            assert op.txn is not None and not op.txn.compares, f"unsupported transaction shape: {op.describe()}"
-            for w in op.txn.on_success:
-                if isinstance(w, Put):
-                    ops.append(lin.Operation(op.client, lin.OpKind.PUT, w.key, value=w.value, call=op.call_ms, ret=ret))
-                elif isinstance(w, Delete):
-                    ops.append(lin.Operation(op.client, lin.OpKind.DELETE, w.key, call=op.call_ms, ret=ret))
-                else:
-                    raise InvariantViolation(f"the checker does not model {w} ({op.describe()})")
+        ops.extend(_operations(op, op.ret_ms if op.status == "ok" else None, decided.get((op.client, op.seq)), written))
     result = lin.check(ops, time_budget_s=LINEARIZABILITY_BUDGET_S)
     if not result.ok:
         raise InvariantViolation(f"history not linearizable (timed_out={result.timed_out}): {result.explanation}")
 
 
-# -- helpers ---------------------------------------------------------------------------------------------
-
-_Row = tuple[str, str, bytes, int, int, int, int]
-
-
-def _row(event: Event) -> _Row:
-    kv = event.kv
-    return (str(event.kind), kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
-
-
-def _by_revision(events: Sequence[Event]) -> dict[int, list[_Row]]:
-    out: dict[int, list[_Row]] = defaultdict(list)
-    for e in events:
-        out[e.kv.mod_revision].append(_row(e))
+def _operations(op: OpRecord, ret: int | None, decision: CommitRecord | None, written: set[str]) -> list[lin.Operation]:
+    """One client operation as register operations (see `_linearizable`)."""
+    call, client = op.call_ms, op.client
+    if op.kind == "get":
+        if op.status != "ok":
+            return []
+        return [lin.Operation(client, lin.OpKind.GET, op.keys[0], output=op.output, call=call, ret=ret)]
+    if op.kind == "range":
+        if op.status != "ok":
+            return []
+        read = dict(op.kvs)
+        keys = sorted({k for k in written | set(read) if k.startswith(op.keys[0])})
+        return [lin.Operation(client, lin.OpKind.GET, k, output=read.get(k), call=call, ret=ret) for k in keys]
+    if op.kind in ("cas", "probe"):
+        output = op.result.succeeded if op.result is not None else None
+        if op.kind == "probe":  # compares that names are absent; writes nothing
+            if output is None or (not output and len(op.keys) > 1):
+                return []  # unknown, or some name existed: nothing is known of each one
+            return [lin.Operation(client, lin.OpKind.CAS, k, output=output, call=call, ret=ret) for k in op.keys]
+        cas = lin.Operation(
+            client, lin.OpKind.CAS, op.keys[0], value=op.value, expected=op.expected, output=output, call=call, ret=ret
+        )
+        return [cas]
+    # A write without compares: each of its writes is a put or delete of one key.
+    assert op.txn is not None and not op.txn.compares, f"unsupported transaction shape: {op.describe()}"
+    out = []
+    for w in op.txn.on_success:
+        if isinstance(w, Put):
+            out.append(lin.Operation(client, lin.OpKind.PUT, w.key, value=w.value, call=call, ret=ret))
+        elif isinstance(w, Delete):
+            out.append(lin.Operation(client, lin.OpKind.DELETE, w.key, call=call, ret=ret))
+        elif isinstance(w, PutSequential):
+            if decision is not None:  # else it never committed: no name, no effect
+                name = sequential_key(w.prefix, decision.revision)
+                out.append(lin.Operation(client, lin.OpKind.PUT, name, value=w.value, call=call, ret=ret))
+        else:
+            raise InvariantViolation(f"the checker does not model {w} ({op.describe()})")
     return out
 
 
-def _apply(model: dict[str, KeyValue], writes: Sequence[PreparedWrite], rev: int) -> list[_Row]:
-    """Apply `writes` to the dict model at `rev`; return the rows a store must have written, in key order."""
-    rows: list[_Row] = []
-    for w in writes:
-        if not isinstance(w, Put | Delete):
-            raise InvariantViolation(f"the checker's model does not apply {w}")  # the workload never sends one
-        old = model.get(w.key)
-        if isinstance(w, Put):
-            kv = KeyValue(
-                w.key, w.value, old.create_revision if old else rev, rev, old.version + 1 if old else 1, w.lease
-            )
-            model[w.key] = kv
-            rows.append(("put", kv.key, kv.value, kv.create_revision, rev, kv.version, kv.lease))
-        elif old is not None:
-            del model[w.key]
-            rows.append(("delete", w.key, b"", 0, rev, 0, 0))
-    return sorted(rows, key=lambda r: r[1])
+# -- helpers ---------------------------------------------------------------------------------------------
 
 
 def _first_difference(a: Sequence[Event], b: Sequence[Event]) -> int:

@@ -4,13 +4,15 @@ Model. A coordinator ("c"), participants ("r1".."rN") and clients ("cl1"..; `wor
 over the fake network of `network.py`. Each node reads its own clock (`NodeClock`: offset and rate per node)
 and is driven exactly as its real shell (the asyncio/gRPC service) drives it:
 
-- coordinator (`services/coordinator.py`): `DecisionLog` + `Coordinator(min_replicas=...)`. Per event (client
-  request, message, unreachable report, Tick): step, `check_invariants()`, `log.write(persist, persist_lazy)`
-  (the fsync), THEN send and reply. A batch of messages is stepped event by event, then written with one
-  `log.write`. Ticks come at the latest step's `wake_at_ms`; a tick that finds nothing in flight flushes
-  pending END marks. A client request past its deadline is never handled (gRPC); the shell counts the rest
-  on its own clock less a margin, and then answers Unavailable(outcome_unknown). Views, read leases and
-  joins are the core's business: the shell only carries their messages.
+- coordinator (`services/coordinator.py`): `DecisionLog` + `Coordinator(min_replicas=...)`. Per input (a client
+  request or lease request, a batch of messages, an unreachable report, a Tick): one `step_many` of its events
+  (as the real shell: a batch of messages is stepped at once), `check_invariants()`, `log.write(persist,
+  persist_lazy)` (the fsync), THEN send and reply. Ticks come at the latest step's `wake_at_ms`; a tick that
+  finds nothing in flight flushes pending END marks. A client request past its deadline is never handled
+  (gRPC); the shell counts the rest of a write's on its own clock less a margin, and then answers
+  Unavailable(outcome_unknown) (a lease request's client just gives up at its deadline). Views, read leases,
+  joins and client leases are the core's business: the shell only carries their messages. What the shells
+  see is kept by `recorder.py` for the checkers.
 - replica (`services/replica.py`): `ReplicaStorage` + `Participant`, one storage batch per arriving batch
   of messages or tick, FetchRequests answered by the shell, linearizable reads under the lease rule: see
   `nodes.py`. Sends leave once the batch is durable; `Unreachable` is ignored (the core re-asks from its
@@ -22,11 +24,12 @@ Crashes drop the core and everything in memory (for the coordinator: its pending
 steps, or right after a step whose records are durable with none, some or all of its sends out. Random faults
 are planned by `faults.py`.
 
-A run: start, workload with faults, heal (faults off, every node up), run until quiescent (every configured
-replica a member of the coordinator's view and knowing it, nobody joining, no transaction in flight or prepared
-anywhere, every commit ENDed, every replica at the last revision), then the checkers. Not quiescing after
-healing is a liveness failure. Tests script scenarios with the same API (`SimConfig.scripted()`, `put`,
-`read`, `crash(node, when=...)`, `disconnect`, `ask`, `run_until`).
+A run: start, workload (plain and session clients) with faults, heal (faults off, every node up), run until
+quiescent (every configured replica a member of the coordinator's view and knowing it, nobody joining, no
+transaction in flight or prepared anywhere, no lease ending, every commit ENDed, every replica at the last
+revision), then the checkers. Not quiescing after healing is a liveness failure. Tests script scenarios with
+the same API (`SimConfig.scripted()`, `put`, `read`, `sessions.grant` and its kin, `crash(node, when=...)`,
+`disconnect`, `ask`, `run_until`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ from typing import Literal, cast
 from corral.core.messages import (
     ClientReply,
     ClientTxn,
-    Commit,
     Effects,
     Envelope,
     ErrorInfo,
@@ -61,11 +63,11 @@ from corral.core.messages import (
 from corral.core.twopc_coordinator import Coordinator
 from corral.core.twopc_participant import Membership, Participant
 from corral.errors import Unavailable
-from corral.records import CommitRecord, Record, TxId, ViewRecord
-from corral.sim.checkers import InvariantViolation, Observation, OpKind, OpRecord, ServedRead, check_all
-from corral.sim.config import CLOCK_OFFSET_MS_MAX, SimConfig
+from corral.records import TxId
+from corral.sim.checkers import InvariantViolation, OpKind, OpRecord, ServedRead, check_all
+from corral.sim.config import CLOCK_OFFSET_MS_MAX, SESSION_OPS_RANGE, SimConfig
 from corral.sim.faults import plan_faults
-from corral.sim.network import Network, NodeClock, ReadRequest, Scheduler, describe
+from corral.sim.network import LeaseCall, Network, NodeClock, ReadRequest, Scheduler, describe
 from corral.sim.nodes import (
     LEASE_WAIT_MS,
     Arm,
@@ -76,6 +78,8 @@ from corral.sim.nodes import (
     replica_batch,
     serve_reads,
 )
+from corral.sim.recorder import Recorder
+from corral.sim.sessions import Sessions
 from corral.sim.workload import COORD, Workload
 from corral.store.decision_log import DecisionLog
 from corral.store.replica_log import ReplicaStorage
@@ -148,15 +152,15 @@ class SimCluster:
             read_timeout_ms=self.cfg.read_timeout_ms,
             note=self.note,
         )
+        self.sessions = Sessions(
+            self.workload, self.sched, self.rng, attempt_timeout_ms=self.cfg.attempt_timeout_ms, note=self.note
+        )
         self.history = self.workload.history
-        self.commit_records: list[CommitRecord] = []
-        self.commits_sent: dict[TxId, set[int]] = {}
-        self.replica_records: dict[str, list[Record]] = {n: [] for n in self.names}
-        self.served_reads: list[ServedRead] = []
+        self.rec = Recorder(self.names, self.note)
+        self.commit_records = self.rec.commit_records
+        self.replica_records = self.rec.replica_records
+        self.served_reads = self.rec.served_reads
         self.probes: dict[str, list[object]] = {}  # what scripted peers (`ask`) received
-        self.view_members: tuple[str, ...] = self.names  # the coordinator's durable view (all, before its first)
-        self.decided_revision = 0  # the newest revision in the coordinator's log
-        self.view_changes = 0  # ViewRecords the coordinator wrote (the first view included)
         self.healed = False
         self.crash_count = 0
         self._waiting: dict[int, int] = {}  # request id -> coordinator incarnation still owing an answer
@@ -177,6 +181,7 @@ class SimCluster:
             self._start_replica(self.replicas[name])
         self._start_coordinator()
         self.workload.start_random(self.cfg.clients, self.cfg.ops_range)
+        self.sessions.start_random(self.cfg.sessions, SESSION_OPS_RANGE)
         plan_faults(self)
         return self
 
@@ -237,7 +242,7 @@ class SimCluster:
 
     def quiescent(self) -> bool:
         core = self.coordinator.coord
-        if core is None or core.in_flight or core.unended or core.joining is not None:
+        if core is None or core.in_flight or core.unended or core.joining is not None or core.leases.ending():
             return False
         if len(core.members) != len(self.names):
             return False
@@ -259,21 +264,21 @@ class SimCluster:
 
     def check(self) -> None:
         """Run the checkers (after quiescence)."""
-        coord = self.coordinator.coord
-        assert coord is not None, "check() needs the coordinator up"
+        coord, log = self.coordinator.coord, self.coordinator.log
+        assert coord is not None and log is not None, "check() needs the coordinator up"
         storages = {n: r.storage for n, r in self.replicas.items() if r.storage is not None}
-        check_all(
-            Observation(
-                self.seed,
-                coord.last_revision,
-                self.commit_records,
-                self.commits_sent,
-                self.replica_records,
-                storages,
-                self.history,
-                self.served_reads,
-            )
+        live = frozenset(lease for lease, _ in log.load().leases)
+        if len(coord.leases) != len(live) or not all(coord.leases.live(lease) for lease in live):
+            raise InvariantViolation(f"seed {self.seed}: the coordinator's live leases differ from its log's {live}")
+        obs = self.rec.observation(
+            self.seed,
+            coord.last_revision,
+            replicas=storages,
+            workload=self.workload,
+            live_leases=live,
+            clock_skew=self.cfg.clock_skew,
         )
+        check_all(obs)
 
     def note(self, line: str) -> None:
         if self.trace is not None:
@@ -290,12 +295,15 @@ class SimCluster:
         """A client sends a write now, trying at most `attempts` times; the record fills in as it completes."""
         return self.workload.submit(txn, client=client, kind=kind, value=value, attempts=attempts)
 
-    def put(self, key: str, value: bytes, *, client: str = "cl1", attempts: int = 1) -> OpRecord:
-        return self.workload.put(key, value, client=client, attempts=attempts)
+    def put(self, key: str, value: bytes, *, client: str = "cl1", attempts: int = 1, lease: int = 0) -> OpRecord:
+        return self.workload.put(key, value, client=client, attempts=attempts, lease=lease)
 
-    def read(self, key: str, *, replica: str, client: str = "rd1", timeout_ms: int | None = None) -> OpRecord:
-        """A client reads `key` at `replica` now (deadline: `timeout_ms`, default the config's)."""
-        return self.workload.read(key, replica=replica, client=client, timeout_ms=timeout_ms)
+    def read(
+        self, key: str, *, replica: str, client: str = "rd1", timeout_ms: int | None = None, prefix: bool = False
+    ) -> OpRecord:
+        """A client reads `key` (`prefix`: every key under it) at `replica` now (deadline: `timeout_ms`, default
+        the config's)."""
+        return self.workload.read(key, replica=replica, client=client, timeout_ms=timeout_ms, prefix=prefix)
 
     def crash(
         self,
@@ -376,19 +384,23 @@ class SimCluster:
         node = self.coordinator
         node.incarnation += 1
         node.log = DecisionLog(node.path, synchronous="OFF")
+        disk = node.log.load()
         core = Coordinator(
             COORD,
             self.names,
-            node.log.load(),
+            disk,
             timeouts=self.cfg.timeouts,
             min_replicas=self.cfg.min_replicas,
             logger=self.logger,
         )
         node.coord = core
         self.note(f"node={COORD} start epoch={core.epoch} revision={core.last_revision} view={core.view}")
-        eff = core.start(node.local(self.now))
+        now = node.local(self.now)
+        eff = core.start(now)
         core.check_invariants()
-        self._coord_perform([eff])
+        self.rec.coordinator_started(core.epoch, disk.leases, now, self.now)
+        self.rec.coordinator_step((), eff, core.epoch, now, self.now)
+        self._coord_perform(eff, now)
 
     def _start_replica(self, node: SimNode) -> None:
         node.incarnation += 1
@@ -455,38 +467,28 @@ class SimCluster:
     # -- the coordinator's shell -----------------------------------------------------------------------
 
     def _coord_steps(self, events: Sequence[Event]) -> None:
-        """The coordinator shell: step each event of a batch, then one `log.write`, then send and reply."""
+        """The coordinator shell: step the events at once (`step_many`), one `log.write`, then send and reply."""
         node = self.coordinator
         core = node.coord
         assert core is not None
         now = node.local(self.now)
-        effects = []
+        eff = core.step_many(events, now)
+        core.check_invariants()
         for ev in events:
-            effects.append(core.step(ev, now))
-            core.check_invariants()
             if isinstance(ev, ClientTxn):
                 inc = node.incarnation
                 self._waiting[ev.request_id] = inc
                 due = node.clock.virtual(ev.deadline_ms)
                 self.sched.at(due, functools.partial(self._server_timeout, ev.request_id, inc))
-        self._coord_perform(effects)
+        self.rec.coordinator_step(events, eff, core.epoch, now, self.now)
+        self._coord_perform(eff, now)
 
-    def _coord_perform(self, effects: Sequence[Effects]) -> None:
-        log = self.coordinator.log
-        assert log is not None
-        forced = tuple(r for e in effects for r in e.persist)
-        log.write(forced, [r for e in effects for r in e.persist_lazy])
-        for rec in forced:
-            if isinstance(rec, CommitRecord):
-                self.commit_records.append(rec)
-                self.decided_revision = max(self.decided_revision, rec.revision)
-            elif isinstance(rec, ViewRecord):
-                self.view_members = rec.members
-                self.view_changes += 1
-                self.note(f"node={COORD} view={rec.view} members={','.join(rec.members)}")
-        out = tuple(env for e in effects for env in e.send)
-        replies = tuple(r for e in effects for r in e.reply)
-        self._after_step(self.coordinator, Effects(forced, (), out, replies, effects[-1].wake_at_ms))
+    def _coord_perform(self, eff: Effects, now: int) -> None:
+        node = self.coordinator
+        assert node.log is not None and node.coord is not None
+        node.log.write(eff.persist, eff.persist_lazy)
+        self.rec.coordinator_wrote(eff.persist, node.coord.epoch, now, self.now)
+        self._after_step(node, eff)
 
     def _server_timeout(self, request_id: int, inc: int) -> None:
         """The coordinator shell's own deadline for a client request: answer "outcome unknown"."""
@@ -511,8 +513,16 @@ class SimCluster:
         """Answer the reads waiting at `node` that can be answered now; record each one served."""
         for read, reply in serve_reads(node, self.now):
             if reply.error is None:
+                rec, req = self.rec, read.req
                 served = ServedRead(
-                    node.name, read.req.key, reply.value, self.now, self.decided_revision, self.view_members
+                    node.name,
+                    req.key,
+                    reply.value,
+                    self.now,
+                    rec.decided_revision,
+                    rec.view_members,
+                    req.prefix,
+                    reply.kvs,
                 )
                 self.served_reads.append(served)
             self.net.send(node.name, read.client, [reply], token=node.incarnation)
@@ -532,10 +542,9 @@ class SimCluster:
 
     def _emit(self, node: SimNode, out: Sequence[Envelope], replies: Sequence[ClientReply]) -> None:
         by_dst: dict[str, list[object]] = {}
+        self.rec.sent(out)
         for env in out:
             by_dst.setdefault(env.dst, []).append(env.msg)
-            if isinstance(env.msg, Commit):
-                self.commits_sent.setdefault(env.msg.txid, set()).add(env.msg.revision)
         for reply in replies:
             self._waiting.pop(reply.request_id, None)
             by_dst.setdefault(self.workload.reply_to[reply.request_id], []).append(reply)
@@ -564,6 +573,8 @@ class SimCluster:
                     if remaining > 0 and node.up:
                         deadline = node.local(self.now) + remaining - min(DEADLINE_MARGIN_MS, remaining // 10)
                         self._coord_steps([replace(item, deadline_ms=deadline)])
+                elif isinstance(item, LeaseCall) and item.deadline_ms > self.now and node.up:
+                    self._coord_steps([item.request])
             peer: list[Event] = [Received(src, m) for m in items if isinstance(m, Message)]
             if peer and node.up:
                 self._coord_steps(peer)

@@ -23,6 +23,10 @@ from corral.sim.network import NetConfig
 
 CLIENTS_RANGE = (2, 4)  # two already race on keys; four give concurrent reads and conflicts
 OPS_RANGE = (5, 15)  # per client
+# Session clients (`sessions.py`) per seed: none on a quarter of the seeds, so that runs without leases stay
+# common; two race for sequential names and end leases while the other holds keys.
+SESSIONS_CHOICES = (0, 1, 1, 2)
+SESSION_OPS_RANGE = (4, 12)  # per session client: a few leases granted, kept, revoked or let go each
 CRASHES_MAX = 3  # random crashes per run: enough to hit a node twice or two nodes at once
 PARTITIONS_MAX = 2  # a node cut off from everyone
 LINK_CUTS_MAX = 2  # a replica cut off from the coordinator only (clients and peers still reach it)
@@ -85,6 +89,7 @@ class SimConfig:
 
     participants: int = 3
     clients: int = 0
+    sessions: int = 0
     ops_range: tuple[int, int] = OPS_RANGE
     net: NetConfig = SCRIPTED_NET
     timeouts: Timeouts = SCRIPTED_TIMEOUTS
@@ -103,7 +108,7 @@ class SimConfig:
 
     @classmethod
     def scripted(cls) -> SimConfig:
-        """No clients, no random faults, FIFO links with a fixed 5 ms delay: for scenario tests."""
+        """No clients, no sessions, no random faults, FIFO links with a fixed 5 ms delay: for scenario tests."""
         return cls()
 
     @classmethod
@@ -131,6 +136,7 @@ class SimConfig:
         long_reads = rng.random() < LONG_READ_P
         return cls(
             clients=rng.randint(*CLIENTS_RANGE),
+            sessions=rng.choice(SESSIONS_CHOICES),
             net=net,
             timeouts=timeouts,
             min_replicas=rng.choice(MIN_REPLICAS_CHOICES),

@@ -41,10 +41,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from corral.core.leases import LeaseInfo
 from corral.core.messages import (
     Abort,
     Ack,
     CaughtUp,
+    ClientLease,
     ClientReply,
     ClientTxn,
     Commit,
@@ -60,9 +62,11 @@ from corral.core.messages import (
     ResolveReply,
     ResolveRequest,
     TxnResult,
+    TxnSpec,
     Vote,
 )
 from corral.limits import PEER_BATCH_MAX
+from corral.model import PutSequential
 from corral.records import format_txid
 
 Action = Callable[[], None]
@@ -77,11 +81,13 @@ UnreachableFn = Callable[[str, str, Items, int], None]
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """A client's linearizable read of one key at one replica (virtual-time deadline)."""
+    """A client's linearizable read at one replica (virtual-time deadline): of one key, or with `prefix`
+    of every key starting with `key` (a range read)."""
 
     request_id: int
     key: str
     deadline_ms: int
+    prefix: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +95,22 @@ class ReadReply:
     request_id: int
     value: bytes | None = None
     error: ErrorInfo | None = None
+    kvs: tuple[tuple[str, bytes], ...] = ()  # a range read: (key, value) in key order
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCall:
+    """A client's lease request to the coordinator, with its (virtual-time) deadline: as a gRPC call, it is
+    never handled once the deadline has passed."""
+
+    request: ClientLease
+    deadline_ms: int
 
 
 def describe(item: object) -> str:
     """One trace fragment for a message, ids first (`txid=e1.4 vote=yes`)."""
     if isinstance(item, Prepare):
-        return f"txid={format_txid(item.txid)} prepare keys={','.join(sorted(item.txn.keys()))}"
+        return f"txid={format_txid(item.txid)} prepare {_describe_txn(item.txn)}"
     if isinstance(item, Commit):
         return f"txid={format_txid(item.txid)} commit revision={item.revision}"
     if isinstance(item, Abort):
@@ -129,21 +145,45 @@ def describe(item: object) -> str:
         revs = ",".join(str(r) for r, _ in item.revisions)
         return f"fetch-reply revisions={revs} through={item.through_revision} complete={item.complete}"
     if isinstance(item, ClientTxn):
-        keys = ",".join(sorted(item.txn.keys()))
-        return f"request={item.request_id} client={item.client_id} seq={item.seq} txn keys={keys}"
+        return f"request={item.request_id} client={item.client_id} seq={item.seq} txn {_describe_txn(item.txn)}"
     if isinstance(item, ClientReply):
         r = item.result
         if isinstance(r, TxnResult):
             what = f"revision={r.revision} succeeded={r.succeeded}"
+        elif isinstance(r, LeaseInfo):
+            what = f"lease={r.id} ttl={r.ttl_ms} remaining={r.remaining_ms}"
         else:
-            what = f"error={r.code}" if isinstance(r, ErrorInfo) else repr(r)
+            what = f"error={r.code}"
         return f"request={item.request_id} reply {what}"
     if isinstance(item, ReadRequest):
-        return f"request={item.request_id} read key={item.key} deadline={item.deadline_ms}"
+        what = "range prefix" if item.prefix else "read key"
+        return f"request={item.request_id} {what}={item.key} deadline={item.deadline_ms}"
     if isinstance(item, ReadReply):
         what = f"error={item.error.code}" if item.error else f"value={item.value!r}"
+        if item.kvs:
+            what = f"keys={','.join(k for k, _ in item.kvs)}"
         return f"request={item.request_id} read-reply {what}"
+    if isinstance(item, LeaseCall):
+        call = item.request
+        return (
+            f"request={call.request_id} lease-{call.op} lease={call.lease_id} ttl={call.ttl_ms} "
+            f"deadline={item.deadline_ms}"
+        )
     return repr(item)
+
+
+def _describe_txn(txn: TxnSpec) -> str:
+    """The keys a transaction names, and the leases it attaches to or deletes, sequential prefixes."""
+    out = f"keys={','.join(sorted(txn.keys()))}"
+    writes = txn.on_success + txn.on_failure
+    prefixes = sorted({w.prefix for w in writes if isinstance(w, PutSequential)})
+    if prefixes:
+        out += f" sequential={','.join(prefixes)}"
+    if txn.leases_attached():
+        out += f" attaches={','.join(str(lease) for lease in sorted(txn.leases_attached()))}"
+    if txn.leases_deleted():
+        out += f" deletes-lease={','.join(str(lease) for lease in txn.leases_deleted())}"
+    return out
 
 
 # -- clock and links ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ nodes; this module holds what the replica's shell does with one batch of events 
   `ReplicaStorage.fetch` with the seed's (small) bounds.
 - `serve_reads` (`ReplicaService._range`, linearizable): wait up to LEASE_WAIT_MS (bounded by the read's
   deadline) for `can_serve_linearizable(now)`, failing at once if the replica is OUTSIDE; then wait while
-  the key is locked, up to the read's deadline; then read the store only if the lease still holds.
+  the key is locked (a range read: while any key under its prefix may change, `any_locked_with_prefix`),
+  up to the read's deadline; then read the store only if the lease still holds.
   (These waits are measured on the virtual clock; the lease itself on the node's own.)
 """
 
@@ -207,11 +208,16 @@ def serve_reads(node: SimNode, now_virtual: int) -> list[tuple[PendingRead, Read
             elif core.membership is Membership.OUTSIDE or now_virtual >= read.lease_by:
                 error = _no_lease(core)
         if read.leased:
-            if core.is_locked(req.key):
+            locked = core.any_locked_with_prefix(req.key) if req.prefix else core.is_locked(req.key)
+            if locked:
                 if now_virtual >= req.deadline_ms:
                     error = Unavailable(f"key {req.key!r} is in doubt on {node.name}; try again later", key=req.key)
             elif not core.can_serve_linearizable(now):
                 error = _no_lease(core)  # the wait for the lock outlived the lease
+            elif req.prefix:
+                kvs = tuple((kv.key, kv.value) for kv in storage.store.range(req.key))
+                answered.append((read, ReadReply(req.request_id, kvs=kvs)))
+                continue
             else:
                 kv = storage.store.get(req.key)
                 answered.append((read, ReadReply(req.request_id, None if kv is None else kv.value)))

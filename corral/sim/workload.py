@@ -6,7 +6,8 @@ coordinator; on timeout it is retried with the same seq, at most `attempts_max` 
 unknown. An error reply means "not applied", except Unavailable(outcome_unknown), which ends the attempt like a
 timeout. A read fails with the replica's error (no read lease, key in doubt: known outcome, nothing observed);
 without a reply by its deadline plus READ_SLACK_MS its outcome is unknown. Every operation is recorded in
-`history` (an `OpRecord`) for the checkers.
+`history` (an `OpRecord`) for the checkers. Session clients (`sessions.py`) add lease requests, recorded in
+`lease_history` (a `LeaseOpRecord`): sent as a `LeaseCall` with a deadline, answered or given up on at it.
 
 Clients live on the virtual clock (`Scheduler`) and the fake network; they know nothing of the nodes except
 their names, and which replicas are up (a client's load balancer skips a replica that refuses connections).
@@ -20,10 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from corral.core.messages import ClientReply, ClientTxn, ErrorInfo, TxnResult, TxnSpec
+from corral.core.leases import LeaseInfo
+from corral.core.messages import ClientLease, ClientReply, ClientTxn, ErrorInfo, TxnResult, TxnSpec
 from corral.model import Compare, CompareOp, CompareTarget, Delete, Put
-from corral.sim.checkers import OpKind, OpRecord
-from corral.sim.network import Network, ReadReply, ReadRequest, Scheduler
+from corral.sim.network import LeaseCall, Network, ReadReply, ReadRequest, Scheduler
+from corral.sim.observation import LeaseOp, LeaseOpRecord, OpKind, OpRecord
 
 COORD = "c"
 KEYS = ("k0", "k1", "k2")  # few keys: conflicts, locked reads and compares that matter
@@ -48,6 +50,7 @@ class _Client:
     attempts: int = 0
     attempts_max: int = ATTEMPTS_MAX
     attempts_over: int = 0  # the last request id whose attempt ended without an answer
+    on_done: Callable[[], None] | None = None  # what a session client does after each operation
 
 
 class Workload:
@@ -76,9 +79,12 @@ class Workload:
         self.clients: dict[str, _Client] = {}
         self.history: list[OpRecord] = []
         self.reply_to: dict[int, str] = {}  # request id -> client
+        self.lease_history: list[LeaseOpRecord] = []
+        self.revision_seen = 0  # the newest revision any client was told of (session clients guess names by it)
         self._request_id = 0
         self._open = 0  # operations not finished (random ones not begun yet included)
         self._written: dict[str, list[bytes]] = {k: [] for k in KEYS}
+        self._lease_calls: dict[int, tuple[LeaseOpRecord, Callable[[LeaseOpRecord], None]]] = {}
 
     @property
     def now(self) -> int:
@@ -95,6 +101,22 @@ class Workload:
         """Every operation finished (ok, failed or unknown)."""
         return self._open == 0
 
+    def open_ops(self, n: int) -> None:
+        """`n` more operations to wait for (a session client's that are not in `history` count too)."""
+        self._open += n
+
+    def written(self, key: str, value: bytes) -> None:
+        """A value written to `key` (compare-and-set operations expect recent ones)."""
+        self._written[key].append(value)
+
+    def idle(self, name: str) -> bool:
+        """The client `name` runs no operation (or does not exist yet)."""
+        return name not in self.clients or self.clients[name].op is None
+
+    def client(self, name: str) -> _Client:
+        """The client `name`, idle (created on first use, as a random client: see `_Client.on_done`)."""
+        return self._client(name, scripted=False)
+
     # -- scripted operations -------------------------------------------------------------------------
 
     def submit(
@@ -107,16 +129,59 @@ class Workload:
         self._begin(cl, op, attempts_max=attempts)
         return op
 
-    def put(self, key: str, value: bytes, *, client: str = "cl1", attempts: int = 1) -> OpRecord:
-        txn = TxnSpec(on_success=(Put(key, value),))
+    def put(self, key: str, value: bytes, *, client: str = "cl1", attempts: int = 1, lease: int = 0) -> OpRecord:
+        txn = TxnSpec(on_success=(Put(key, value, lease),))
         return self.submit(txn, client=client, kind="put", value=value, attempts=attempts)
 
-    def read(self, key: str, *, replica: str, client: str = "rd1", timeout_ms: int | None = None) -> OpRecord:
-        """A client reads `key` at `replica` now (deadline: `timeout_ms`, default the config's)."""
+    def read(
+        self, key: str, *, replica: str, client: str = "rd1", timeout_ms: int | None = None, prefix: bool = False
+    ) -> OpRecord:
+        """A client reads `key` (with `prefix`: every key under it) at `replica` now (deadline: `timeout_ms`,
+        default the config's)."""
         cl = self._client(client, scripted=True)
-        op = OpRecord(client, "get", (key,), self.now, replica=replica)
+        op = OpRecord(client, "range" if prefix else "get", (key,), self.now, replica=replica)
         self._begin(cl, op, read_timeout_ms=timeout_ms)
         return op
+
+    def lease_request(
+        self,
+        client: str,
+        op: LeaseOp,
+        *,
+        lease: int = 0,
+        ttl_ms: int = 0,
+        timeout_ms: int,
+        then: Callable[[LeaseOpRecord], None] | None = None,
+    ) -> LeaseOpRecord:
+        """`client` sends a lease request now; `then(record)` runs once it is answered or `timeout_ms` passed
+        (a lease request is not retried: a session sends the next keepalive, or grants anew)."""
+        self.clients.setdefault(client, _Client(client, 0, scripted=True))  # lease requests run beside operations
+        self._request_id += 1
+        rid = self._request_id
+        self.reply_to[rid] = client
+        rec = LeaseOpRecord(client, op, lease, ttl_ms, self.now, rid)
+        self.lease_history.append(rec)
+        self._lease_calls[rid] = (rec, then or (lambda _: None))
+        deadline = self.now + timeout_ms
+        self.net.send(client, COORD, [LeaseCall(ClientLease(rid, op, lease, ttl_ms), deadline)])
+        self.sched.at(deadline, lambda: self._lease_answered(rid, None))
+        return rec
+
+    def _lease_answered(self, rid: int, result: LeaseInfo | ErrorInfo | None) -> None:
+        found = self._lease_calls.pop(rid, None)
+        if found is None:
+            return  # answered already, or given up on
+        rec, then = found
+        rec.ret_ms = self.now
+        if isinstance(result, LeaseInfo):
+            rec.status, rec.info = "ok", result
+            rec.lease = result.id
+        elif result is None or result.details.get("outcome_unknown"):
+            rec.status, rec.ret_ms = "unknown", None
+        else:
+            rec.status, rec.error = "failed", result
+        self.note(f"client={rec.client} end {rec.describe()}")
+        then(rec)
 
     # -- the network's callback ----------------------------------------------------------------------
 
@@ -124,14 +189,20 @@ class Workload:
         cl = self.clients[name]
         op = cl.op
         rid = item.request_id if isinstance(item, ClientReply | ReadReply) else -1
+        if isinstance(item, ClientReply) and rid in self._lease_calls:
+            if isinstance(item.result, TxnResult):
+                raise AssertionError(f"a lease request was answered with {item.result}")
+            self._lease_answered(rid, item.result)
+            return
         if op is None or rid not in op.request_ids:
             return  # a late answer to an operation already given up on
         if isinstance(item, ReadReply):
-            op.output, op.error = item.value, item.error
+            op.output, op.error, op.kvs = item.value, item.error, item.kvs
             self._finish(cl, op, "failed" if item.error else "ok")
         elif isinstance(item, ClientReply):
             if isinstance(item.result, TxnResult):
                 op.result = item.result
+                self.revision_seen = max(self.revision_seen, item.result.revision)
                 self._finish(cl, op, "ok")
             elif not isinstance(item.result, ErrorInfo):
                 raise AssertionError(f"a write was answered with {item.result}")
@@ -158,8 +229,7 @@ class Workload:
         key, other = rng.sample(KEYS, 2)
         roll = rng.random()
         if roll < READ_P:
-            live = self._live() or list(self.replicas)
-            self._begin(cl, OpRecord(cl.name, "get", (key,), self.now, replica=rng.choice(live)))
+            self._begin(cl, OpRecord(cl.name, "get", (key,), self.now, replica=self.random_replica()))
             return
         cl.seq += 1
         value = f"{cl.name}.{cl.seq}".encode()
@@ -179,6 +249,14 @@ class Workload:
             self._written[k].append(value)
         self._begin(cl, op)
 
+    def random_replica(self) -> str:
+        """A live replica, as a client's load balancer picks one (any, if none is up)."""
+        return self.rng.choice(self._live() or list(self.replicas))
+
+    def begin(self, cl: _Client, op: OpRecord) -> None:
+        """Start a session client's operation (counted already, by `open_ops`)."""
+        self._begin(cl, op)
+
     def _begin(
         self, cl: _Client, op: OpRecord, *, read_timeout_ms: int | None = None, attempts_max: int = ATTEMPTS_MAX
     ) -> None:
@@ -187,12 +265,12 @@ class Workload:
         cl.op, cl.attempts, cl.attempts_max = op, 0, attempts_max
         self.history.append(op)
         self.note(f"client={cl.name} begin {op.describe()}")
-        if op.kind != "get":
+        if op.kind not in ("get", "range"):
             self._send_attempt(cl, op)
             return
         rid = self._new_request(cl, op)
         deadline = self.now + (read_timeout_ms or self.read_timeout_ms)
-        self.net.send(cl.name, op.replica, [ReadRequest(rid, op.keys[0], deadline)])
+        self.net.send(cl.name, op.replica, [ReadRequest(rid, op.keys[0], deadline, prefix=op.kind == "range")])
         self.sched.at(deadline + READ_SLACK_MS, lambda: self._finish(cl, op, "unknown") if cl.op is op else None)
 
     def _new_request(self, cl: _Client, op: OpRecord) -> int:
@@ -228,5 +306,7 @@ class Workload:
         cl.op = None
         self._open -= 1
         self.note(f"client={cl.name} end {op.describe()}")
-        if not cl.scripted:
+        if cl.on_done is not None:
+            cl.on_done()
+        elif not cl.scripted:
             self.sched.after(self.rng.randint(1, THINK_MS_MAX), lambda: self._next_op(cl))

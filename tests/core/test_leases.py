@@ -7,10 +7,14 @@ import pytest
 from corral import InvalidArgument
 from corral.core.leases import LeaseInfo
 from corral.core.messages import (
+    Abort,
     ClientLease,
     ClientTxn,
     Commit,
+    Effects,
     ErrorInfo,
+    Join,
+    LeaseRequest,
     Prepare,
     Received,
     Tick,
@@ -21,6 +25,7 @@ from corral.core.messages import (
 )
 from corral.core.twopc_coordinator import Coordinator
 from corral.core.twopc_participant import Participant
+from corral.errors import Unavailable
 from corral.limits import DEFAULT_LIMITS, Timeouts
 from corral.model import Compare, CompareOp, CompareTarget, Delete, DeleteByLease, Put, PutSequential
 from corral.records import CommittedRecord, CoordinatorDisk, LeaseEndRecord, LeaseRecord, ParticipantDisk
@@ -178,3 +183,63 @@ def test_clients_cannot_send_delete_by_lease() -> None:
     with pytest.raises(InvalidArgument, match="not a client operation"):
         TxnSpec(on_success=(DeleteByLease(3),)).validate(DEFAULT_LIMITS)
     TxnSpec(on_success=(DeleteByLease(3),)).validate(DEFAULT_LIMITS, internal=True)
+
+
+def _prepared(eff: Effects) -> set[int]:
+    return {e.msg.txid for e in eff.send if isinstance(e.msg, Prepare)}
+
+
+_NO = ErrorInfo.of(Unavailable("a lease being deleted is still in use on r1; retry"))
+
+
+def test_a_retried_lease_deletion_never_asks_to_be_woken_in_the_past() -> None:
+    """An aborted deletion of a lease's keys is retried commit_retry_ms later. Once the retry has started, its
+    time must not stay the core's wake time: a wake time in the past makes the shell's ticker tick in a loop
+    (a spinning CPU). Found by the simulation (tests/sim/regressions.py, seed 19)."""
+    c = coordinator()
+    grant(c, 1000)
+    (txid,) = _prepared(c.step(Tick(), 1000))
+    assert c.step(Received("r1", Vote(txid, False, reason=_NO)), 1001).wake_at_ms == 1001 + T.commit_retry_ms
+    eff = c.step(Tick(), 1051)
+    assert _prepared(eff) and txid not in _prepared(eff)  # the retry
+    assert eff.wake_at_ms is not None and eff.wake_at_ms > 1051
+
+
+def test_a_lease_deletion_held_by_a_join_never_asks_to_be_woken_in_the_past() -> None:
+    """The same while a join holds the retry back: the join's end (a step) starts it, not a timer."""
+    c = coordinator()
+    for t in (1000, 2000):  # r1 and r2 renew their read leases; r3 falls silent and is dropped
+        for r in ("r1", "r2"):
+            c.step(Received(r, LeaseRequest(t, 0)), t)
+    c.step(Tick(), 2300)
+    assert c.members == ("r1", "r2")
+    grant(c, 1000, now=2300)
+    (txid,) = _prepared(c.step(Tick(), 3300))
+    c.step(Received("r1", Vote(txid, False, reason=_NO)), 3301)  # retry at 3351
+    c.step(Received("r3", Join(0)), 3310)
+    assert c.joining == "r3"
+    eff = c.step(Tick(), 3360)
+    assert not _prepared(eff) and eff.wake_at_ms is not None and eff.wake_at_ms > 3360
+
+
+def test_sequential_put_votes_no_while_a_prepared_transaction_holds_a_name_it_may_take() -> None:
+    """Locks are mutual: as a compare votes no while a sequential put that may create its name is prepared,
+    a sequential put votes no while a prepared transaction holds a name it may create (prefix + 20 digits
+    above the applied revision). Else the put commits first, creating the name the compare found absent:
+    the compare's outcome depends on when each replica evaluated it (found by the simulation:
+    tests/sim/regressions.py, seed 270)."""
+    p = Participant("r1", "c", NODES, ParticipantDisk(applied_revision=1), timeouts=T)
+    name = "/q/item-00000000000000000002"
+    probe = TxnSpec(compares=(Compare(name, CompareTarget.VERSION, CompareOp.EQUAL, 0),))
+    eff = p.step(Received("c", Prepare(1, probe, NODES), {name: None}), 0)
+    assert isinstance(eff.send[0].msg, Vote) and eff.send[0].msg.yes
+    seq = TxnSpec(on_success=(PutSequential("/q/item-", b"x"),))
+    eff = p.step(Received("c", Prepare(2, seq, NODES), {}), 1)
+    assert isinstance(eff.send[0].msg, Vote) and not eff.send[0].msg.yes
+    # Keys it can never create do not hold it up: at or below the applied revision, or under another prefix.
+    p.step(Received("c", Abort(1)), 2)
+    taken = "/q/item-00000000000000000001"
+    p.step(Received("c", Prepare(3, TxnSpec(on_success=(Put(taken, b"1"), Put("/r/x", b"2"))), NODES), {}), 3)
+    for txid, prefix in ((4, "/q/item-"), (5, "/r/")):
+        eff = p.step(Received("c", Prepare(txid, TxnSpec(on_success=(PutSequential(prefix, b"y"),)), NODES), {}), 4)
+        assert isinstance(eff.send[0].msg, Vote) and eff.send[0].msg.yes, prefix

@@ -367,3 +367,24 @@ def test_caught_up_answering_an_earlier_join_ready_is_ignored(caplog: pytest.Log
     assert eff.persist == () and joining(c) == "r3" and not caplog.records
     eff = c.step(Received("r3", CaughtUp(1)), now + 5)
     assert ViewRecord(3, NODES) in eff.persist and joining(c) is None
+
+
+def test_outside_replica_with_a_commit_waiting_for_order_keeps_fetching() -> None:
+    """A replica heard COMMIT(42, revision 2) before revision 1 (it waits for order), then learned it is
+    outside. The member it fetched from had not applied revision 1 yet either, so it answered "complete
+    through 0". The replica must not take that as level and wait for 42 forever: a decided revision above
+    what it applied is history a member has or will have, so it fetches until it has it; 42's effect comes
+    with it, and then it asks to join (found by the simulation: tests/sim/regressions.py, seed 6664)."""
+    p, txid = _dropped_in_doubt()
+    p.step(Received("c", Commit(txid, 2)), 103)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 104)
+    eff = p.step(Tick(), 105)
+    (fetch,) = [e for e in eff.send if isinstance(e.msg, FetchRequest)]
+    sent = [e.msg for e in p.step(Received(fetch.dst, FetchReply((), 0, True)), 106).send]
+    for now in range(107, 107 + 4 * T.resolve_interval_ms, 7):
+        sent += [e.msg for e in p.step(Tick(), now).send]
+    assert FetchRequest(1) in sent and Join(0) not in sent
+    history = ((1, (Put("a", b"1"),)), (2, (Put("k", b"v"),)))
+    eff = p.step(Received("r1", FetchReply(history, 2, True)), 300)
+    assert DiscardedRecord(txid) in eff.persist and p.applied_revision == 2
+    assert [e.msg for e in eff.send] == [Join(2)]

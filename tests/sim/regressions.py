@@ -6,7 +6,8 @@ seed's schedule depends on the simulator's code too and may stop reaching the bu
 Keep the seed anyway: it is still a valid run. Replay one with `python -m corral.sim --seed SEED --verbose`.
 
 Checked against the simulator of its time: with the fix reverted, each seed below failed. (The first four
-against its first version; the rest against the version that models views, read leases and rejoining.)
+against its first version; the next eight against the version that models views, read leases and rejoining;
+the rest against the version with client leases and sequential keys.)
 
 Bugs found without a seed (scripted scenario instead, since random runs rarely line up the faults):
 - ReplicaStorage.load dropped the outcomes written since the last trim without counting them as forgotten;
@@ -68,6 +69,32 @@ _SHELL_WAKE = (
     "shell mirrors it); tests/sim test_replica_shell_keeps_its_timer_across_a_batch_of_fetches"
 )
 
+_LEASE_RETRY_SPIN = (
+    "coordinator: a lease's deletion that aborted is retried commit_retry_ms later, but its retry time stayed "
+    "in Coordinator._lease_retry_ms after the retry started (and passed unnoticed while a join held it), so it "
+    "was the core's wake time in the past and the shell's ticker spun. Fixed in "
+    "Coordinator._progress_lease_ends (a due retry time is dropped); tests/core "
+    "test_a_retried_lease_deletion_never_asks_to_be_woken_in_the_past and "
+    "test_a_lease_deletion_held_by_a_join_never_asks_to_be_woken_in_the_past"
+)
+_REJOIN_ORDER = (
+    "participant: a member heard COMMIT(revision r) before r-1 (it waits for order), then learned it is outside; "
+    "the member it fetched from had not applied r-1 either and answered complete, so it counted itself level "
+    "and waited forever for the decided commit to leave _prepared: it never asked to join (no quiescence). "
+    "Fixed in Participant._progress_rejoin (a decided revision above the applied one means not level: fetch "
+    "on); tests/core test_outside_replica_with_a_commit_waiting_for_order_keeps_fetching. First found as seed "
+    "162 while the workload was being built; 6664 fails with the final one"
+)
+_SEQUENTIAL_MUTUAL = (
+    "participant: a sequential put was prepared while a prepared compare held one of the names it may take "
+    "(locks were one-way: only reads and compares waited for sequential puts). The put committed first and "
+    "created the name: the compare's outcome no longer held at its own revision (270, 471: committed wrongly) "
+    "or replicas that evaluated it on either side disagreed (581). Fixed in Participant._on_prepare (a "
+    "sequential put votes no while a prepared transaction holds a name it may create); tests/core "
+    "test_sequential_put_votes_no_while_a_prepared_transaction_holds_a_name_it_may_take. First found as seed "
+    "2876 while the workload was being built"
+)
+
 REGRESSIONS: list[tuple[int, str]] = [
     (115, _STALE_ABORT),
     (225, _STALE_ABORT),
@@ -81,4 +108,10 @@ REGRESSIONS: list[tuple[int, str]] = [
     (80, _FETCH_LOG),
     (11, _SHELL_WAKE),
     (45, _SHELL_WAKE),
+    (19, _LEASE_RETRY_SPIN),
+    (4, _LEASE_RETRY_SPIN),
+    (6664, _REJOIN_ORDER),
+    (270, _SEQUENTIAL_MUTUAL),
+    (471, _SEQUENTIAL_MUTUAL),
+    (581, _SEQUENTIAL_MUTUAL),
 ]

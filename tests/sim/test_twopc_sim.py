@@ -3,9 +3,10 @@
 Three kinds of test: a fixed range of random seeds (each a workload under random faults, healed, quiesced
 and checked: DESIGN.md "Invariants checked after every test"), the seeds that once failed
 (`regressions.py`), and scripted scenarios for the failure rules of DESIGN.md "Replication: two-phase
-commit" ("Failures (each is a test)") and "Failures" (views, read leases, rejoining). A failure prints
-`python -m corral.sim --seed S --verbose`. Also here: the parts of the real shells' contract the simulator
-mirrors, and proof that the lease checker catches what it claims to.
+commit" ("Failures (each is a test)"), "Failures" (views, read leases, rejoining) and "Sessions, leases,
+watches" (client leases, sequential keys). A failure prints `python -m corral.sim --seed S --verbose`. Also
+here: the parts of the real shells' contract the simulator mirrors. That the checkers catch what they claim
+to is shown in `test_checkers_sim.py`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from corral.client import session as client_session
 from corral.config import new_cluster
-from corral.core.messages import FetchReply, FetchRequest, OutcomeKind, Prepare, Received
+from corral.core.leases import LEASE_TTL_MIN_MS
+from corral.core.messages import FetchReply, FetchRequest, OutcomeKind, Prepare, Received, TxnSpec
+from corral.model import Compare, CompareOp, CompareTarget, DeleteByLease, PutSequential, sequential_key
 from corral.records import (
     AbortedRecord,
     CaughtUpRecord,
@@ -37,15 +41,16 @@ from corral.services import replica as replica_service
 from corral.services.failpoints import Failpoints
 from corral.sim import cluster as sim_cluster
 from corral.sim import nodes as sim_nodes
-from corral.sim.checkers import InvariantViolation, OpRecord, ServedRead
+from corral.sim import sessions as sim_sessions
+from corral.sim.checkers import OpRecord
 from corral.sim.cluster import SimCluster
 from corral.sim.config import SCRIPTED_TIMEOUTS, SimConfig, lease_expiry_ms
-from corral.sim.network import NodeClock
 from corral.sim.nodes import persists, sends
+from corral.sim.observation import LeaseOpRecord
 from tests.sim.regressions import REGRESSIONS
 
-# CI's fixed range: 1,000 seeds take ~21 s under pytest on one core of a 2-core machine (measured with views,
-# read leases and rejoining modelled; ~14 s before them).
+# CI's fixed range: 1,000 seeds take ~25 s under pytest on one core of a 2-core machine (measured with client
+# leases and sequential keys modelled; ~18-21 s before them, ~14 s before views, read leases and rejoining).
 CI_SEEDS = range(0, 1_000)
 STEP_MAX_MS = 2_000  # virtual time any scripted step below may take; the scripts need well under this
 EXPIRY_MS = lease_expiry_ms(SCRIPTED_TIMEOUTS)  # a silent member is dropped this long after its last grant
@@ -260,36 +265,6 @@ def test_restarted_replica_still_knows_it_may_have_applied_a_forgotten_commit() 
         sim.close()
 
 
-# -- the checkers catch what they claim to -------------------------------------------------------------
-
-
-def test_checkers_catch_a_diverged_replica(sim: SimCluster) -> None:
-    _settle(sim, sim.put("k", b"v"))
-    storage = sim.replicas["r3"].storage
-    assert storage is not None
-    storage.store.put("k", b"evil")
-    with pytest.raises(InvariantViolation, match="replica=r3 is at revision 2"):
-        sim.check()
-
-
-def test_checkers_catch_a_non_linearizable_read(sim: SimCluster) -> None:
-    _settle(sim, sim.put("k", b"v"))
-    ghost = OpRecord("rd9", "get", ("k",), sim.now + 1, replica="r1", status="ok", ret_ms=sim.now + 2, output=b"ghost")
-    sim.history.append(ghost)
-    with pytest.raises(InvariantViolation, match="not linearizable"):
-        sim.check()
-
-
-def test_checkers_catch_a_lost_acknowledged_write(sim: SimCluster) -> None:
-    _settle(sim, sim.put("k", b"v"))
-    op = sim.put("k", b"w")
-    _settle(sim, op)
-    assert op.result is not None
-    sim.commit_records.pop()  # as if the decision never reached the log
-    with pytest.raises(InvariantViolation, match="no decision"):
-        sim.check()
-
-
 # -- views, read leases, rejoining -----------------------------------------------------------------------
 
 
@@ -445,6 +420,7 @@ def test_replica_dropped_while_in_doubt_discards_and_never_refuses(sim: SimClust
 def test_simulated_shells_use_the_real_shells_bounds() -> None:
     assert sim_nodes.LEASE_WAIT_MS == replica_service.LEASE_WAIT_S * 1000
     assert sim_cluster.DEADLINE_MARGIN_MS == service_base.DEADLINE_MARGIN_S * 1000
+    assert sim_sessions.RENEWALS_PER_TTL == client_session.RENEWALS_PER_TTL
 
 
 def test_replica_shell_keeps_its_timer_across_a_batch_of_fetches(tmp_path: Path) -> None:
@@ -466,44 +442,143 @@ def test_replica_shell_keeps_its_timer_across_a_batch_of_fetches(tmp_path: Path)
     asyncio.run(go())
 
 
-# -- the lease checker catches what it claims to ---------------------------------------------------------
+# -- client leases (sessions) and sequential keys --------------------------------------------------------
+
+LEASE_TTL_MS = 300  # a scripted session renews every 100 ms: 20 network delays, and outlasts a 100 ms outage
 
 
-def test_checkers_catch_a_read_served_outside_the_view(sim: SimCluster) -> None:
-    _settle(sim, sim.put("k", b"v"))
-    sim.served_reads.append(ServedRead("r3", "k", b"v", sim.now, 1, ("r1", "r2")))
-    with pytest.raises(InvariantViolation, match="lease rule"):
-        sim.check()
+def _lease_done(sim: SimCluster, rec: LeaseOpRecord) -> None:
+    assert sim.run_until(lambda: rec.done, STEP_MAX_MS), rec.describe()
 
 
-def test_checkers_catch_a_stale_served_read(sim: SimCluster) -> None:
-    _settle(sim, sim.put("k", b"v"))
-    _settle(sim, sim.put("k", b"w"))
-    sim.served_reads.append(ServedRead("r1", "k", b"v", sim.now, 2, sim.names))
-    with pytest.raises(InvariantViolation, match="stale read"):
-        sim.check()
+def _granted(sim: SimCluster, ttl_ms: int = LEASE_TTL_MS) -> int:
+    rec = sim.sessions.grant(ttl_ms)
+    _lease_done(sim, rec)
+    assert rec.info is not None, rec.describe()
+    return rec.info.id
 
 
-def test_clock_drift_beyond_the_lease_margin_is_caught() -> None:
-    """The lease rule holds only while clocks drift less than the coordinator's margin. A replica whose
-    clock runs at half speed still believes its lease holds after the coordinator dropped it: its reads
-    are then stale, and the checkers say so (the random runs keep drift within the margin)."""
-    sim = SimCluster(0, SimConfig.scripted())
-    r3 = sim.replicas["r3"]
-    r3.clock = NodeClock(r3.clock.offset_ms, 0.5)
-    sim.start()
-    try:
-        _settle(sim, sim.put("k", b"v1"))
-        sim.run_for(100)
-        sim.disconnect("r3", "c")
-        assert sim.run_until(lambda: "r3" not in _members(sim), STEP_MAX_MS) and sim.can_serve("r3")
-        _settle_op(sim, sim.put("k", b"v2"))
-        stale = sim.read("k", replica="r3", client="reader", timeout_ms=50)
-        _settle_op(sim, stale)
-        assert stale.status == "ok" and stale.output == b"v1"
-        sim.reconnect("r3", "c")
-        sim.quiesce(STEP_MAX_MS)
-        with pytest.raises(InvariantViolation, match="lease rule"):
-            sim.check()
-    finally:
-        sim.close()
+def _end_revision(sim: SimCluster, lease: int) -> int | None:
+    """The revision of the transaction that ended `lease`, once decided."""
+    ending = TxnSpec(on_success=(DeleteByLease(lease),))
+    found = [r.revision for r in sim.commit_records if sim.rec.coordinator_txns.get(r.txid) == ending]
+    return found[0] if found else None
+
+
+def _probe(sim: SimCluster, name: str, *, client: str) -> OpRecord:
+    """A transaction that only compares that `name` does not exist."""
+    cmp = Compare(name, CompareTarget.VERSION, CompareOp.EQUAL, 0)
+    return sim.submit(TxnSpec(compares=(cmp,)), client=client, kind="probe")
+
+
+def test_an_expired_lease_deletes_its_keys_in_one_revision_on_every_replica(sim: SimCluster) -> None:
+    """A lease nobody keeps alive expires; the coordinator deletes every key attached to it, plain and
+    sequential, in one transaction: one revision, the same on every replica. A key without it stays."""
+    lease = _granted(sim)
+    for i, key in enumerate(("a", "b")):
+        _settle_op(sim, sim.put(key, b"%d" % i, lease=lease))
+    _settle_op(sim, sim.put("c", b"kept"))
+    seq = sim.submit(TxnSpec(on_success=(PutSequential("q/", b"s", lease),)), kind="seq")
+    _settle_op(sim, seq)
+    assert seq.result is not None
+    ephemeral = sorted(("a", "b", sequential_key("q/", seq.result.revision)))
+    assert sim.run_until(lambda: _end_revision(sim, lease) is not None, STEP_MAX_MS)
+    sim.quiesce(STEP_MAX_MS)
+    end = _end_revision(sim, lease)
+    for r in sim.names:
+        store = sim.replicas[r].storage.store  # type: ignore[union-attr]
+        changes = store.changes(end, end_revision=end)  # type: ignore[arg-type]
+        assert sorted((str(e.kind), e.kv.key) for e in changes) == [("delete", k) for k in ephemeral]
+        assert store.get("c") is not None and store.keys_with_lease(lease) == []
+    sim.check()
+
+
+def test_a_coordinator_restart_does_not_end_a_lease_kept_alive(sim: SimCluster) -> None:
+    """Only grants and ends are logged, so a restarted coordinator gives every live lease a fresh TTL: a
+    session renewing through the outage keeps its lease and its keys. Once it stops, the lease ends."""
+    lease = _granted(sim)
+    sim.sessions.keep_alive(lease, LEASE_TTL_MS)
+    _settle_op(sim, sim.put("a", b"1", lease=lease))
+    sim.crash("c", down_ms=LEASE_TTL_MS // 3)  # the renewals sent meanwhile are lost
+    sim.run_for(3 * LEASE_TTL_MS)
+    (restart,) = [s for s in sim.rec.lease_steps if s.lease == lease and s.kind == "start"]
+    renewed = [s for s in sim.rec.lease_steps if s.kind == "keepalive" and s.epoch == restart.epoch]
+    assert renewed and sim.sessions.alive() and sim.coordinator_core().leases.live(lease)
+    assert _end_revision(sim, lease) is None and all(sim.value(r, "a") == b"1" for r in sim.names)
+    sim.sessions.stop_keeping_alive()
+    assert sim.run_until(lambda: _end_revision(sim, lease) is not None, STEP_MAX_MS)
+    sim.quiesce(STEP_MAX_MS)
+    assert all(sim.value(r, "a") is None for r in sim.names)
+    sim.check()  # among others: no lease kept alive (by the coordinator's clock) was ended
+
+
+def test_a_revoke_is_answered_only_after_the_keys_are_gone(sim: SimCluster) -> None:
+    """A revoke ends the lease at once (no key attaches to it any more), but it is answered only once its
+    keys are deleted: while a replica's votes are lost, the deletion aborts and is retried, unanswered."""
+    lease = _granted(sim, ttl_ms=10 * LEASE_TTL_MS)
+    _settle_op(sim, sim.put("a", b"1", lease=lease))
+    sim.net.block("r3", "c")  # shorter than r3's read lease: it stays in the view
+    revoke = sim.sessions.revoke(lease)
+    sim.run_for(SCRIPTED_TIMEOUTS.prepare_timeout_ms + 2 * SCRIPTED_TIMEOUTS.commit_retry_ms)
+    assert not revoke.done and all(sim.value(r, "a") == b"1" for r in sim.names)
+    refused = sim.put("b", b"2", lease=lease)
+    _settle_op(sim, refused)
+    assert refused.status == "failed" and _error_code(refused) == "lease_expired"
+    sim.net.unblock("r3", "c")
+    _lease_done(sim, revoke)
+    assert revoke.info is not None and revoke.info.remaining_ms == 0 and revoke.ret_ms is not None
+    (end,) = [e for e in sim.rec.lease_ends if e.lease == lease]
+    assert end.at_ms <= revoke.ret_ms
+    assert sim.run_until(lambda: all(sim.can_serve(r) for r in sim.names), STEP_MAX_MS)  # r3 renewed its lease
+    reads = [sim.read("a", replica=r, client=f"rd-{r}") for r in sim.names]  # begun after the answer
+    assert sim.run_until(lambda: all(op.done for op in reads), STEP_MAX_MS)
+    assert all(op.status == "ok" and op.output is None for op in reads)
+    sim.quiesce(STEP_MAX_MS)
+    sim.check()
+
+
+def test_a_put_to_an_expired_lease_is_refused(sim: SimCluster) -> None:
+    lease = _granted(sim, ttl_ms=LEASE_TTL_MIN_MS)
+    assert sim.run_until(lambda: _end_revision(sim, lease) is not None, STEP_MAX_MS)
+    late = sim.put("a", b"1", lease=lease)
+    _settle_op(sim, late)
+    assert late.status == "failed" and _error_code(late) == "lease_expired"
+    keepalive = sim.sessions.keepalive(lease)
+    _lease_done(sim, keepalive)
+    assert keepalive.error is not None and keepalive.error.code == "lease_expired"
+    sim.quiesce(STEP_MAX_MS)
+    assert all(sim.value(r, "a") is None for r in sim.names)
+    sim.check()
+
+
+def test_a_sequential_put_is_named_by_its_revision_and_holds_the_names_it_may_take(sim: SimCluster) -> None:
+    """A PutSequential committed at revision r creates prefix + r (20 digits). Prepared, it holds every name
+    it may take (above the applied revision): a compare on one is refused until it is decided. Locks are
+    mutual: a prepared compare on such a name holds off a sequential put (seed 270)."""
+    _settle_op(sim, sim.put("a", b"1"))
+    first = sim.submit(TxnSpec(on_success=(PutSequential("q/", b"x"),)), kind="seq")
+    _settle_op(sim, first)
+    assert first.result is not None and first.result.revision == 2
+    for r in sim.names:
+        kv = sim.replicas[r].storage.store.get("q/00000000000000000002")  # type: ignore[union-attr]
+        assert kv is not None and (kv.value, kv.create_revision, kv.version) == (b"x", 2, 1)
+    sim.net.block("r1", "c")  # r1's votes are lost: what is prepared next stays undecided until its deadline
+    second = sim.submit(TxnSpec(on_success=(PutSequential("q/", b"y"),)), client="cl2", kind="seq")
+    assert sim.run_until(lambda: _all_locked(sim, sequential_key("q/", 3)), STEP_MAX_MS)
+    blocked = _probe(sim, sequential_key("q/", 3), client="cl3")
+    _settle_op(sim, blocked)
+    assert blocked.status == "failed" and "locked" in _message(blocked)
+    _settle_op(sim, second)  # aborted at its deadline: r1's yes never came
+    held = _probe(sim, sequential_key("q/", 3), client="cl3")  # now the compare is prepared, undecided
+    assert sim.run_until(lambda: _all_locked(sim, sequential_key("q/", 3)), STEP_MAX_MS)
+    third = sim.submit(TxnSpec(on_success=(PutSequential("q/", b"z"),)), client="cl2", kind="seq")
+    _settle_op(sim, third)
+    assert third.status == "failed" and "locked" in _message(third)
+    sim.net.unblock("r1", "c")
+    _settle_op(sim, held)
+    for name, absent in ((sequential_key("q/", 2), False), (sequential_key("q/", 3), True)):
+        probe = _probe(sim, name, client="cl3")
+        _settle_op(sim, probe)
+        assert probe.status == "ok" and probe.result is not None and probe.result.succeeded is absent
+    sim.quiesce(STEP_MAX_MS)
+    sim.check()
