@@ -138,6 +138,7 @@ class AsyncClient:
         self._writes: CallStream[pb.TxnRequest, pb.TxnResponse] = CallStream(
             lambda: pb_grpc.ClientStub(self._channel(self.endpoints.coordinator)).Txns(),  # type: ignore[call-arg]
             lambda i, request, ms: pb.TxnCall(id=i, request=request, timeout_ms=ms),
+            lambda calls: pb.TxnCalls(calls=calls),
         )
         self._reads: dict[str, CallStream[pb.RangeRequest, pb.RangeResponse]] = {}
 
@@ -155,6 +156,7 @@ class AsyncClient:
             stream = self._reads[address] = CallStream(
                 lambda: pb_grpc.ClientStub(self._channel(address)).Ranges(),  # type: ignore[call-arg]
                 lambda i, request, ms: pb.RangeCall(id=i, request=request, timeout_ms=ms),
+                lambda calls: pb.RangeCalls(calls=calls),
             )
         return stream
 

@@ -3,7 +3,8 @@
 Writes go to the coordinator as `TxnCall(id, request, timeout)` on `Client.Txns`, reads to a replica
 as `RangeCall` on `Client.Ranges`; the server handles each call on its own and answers by id as soon
 as it can. A unary gRPC call costs far more than a message on an open stream (on the coordinator, the
-unary call's own handling was most of its CPU at 64 clients), so concurrent calls share one stream.
+unary call's own handling was most of its CPU at 64 clients), so concurrent calls share one stream,
+and calls waiting together share one message (`corral.rpc.bundles`), as do answers.
 
 When the stream breaks, every call still waiting fails with `StreamBroken`, which says whether the
 request was written to the wire (for a write: then it may have been applied); the caller retries, a
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+
+from corral.rpc.bundles import drain
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -38,6 +41,8 @@ class StreamBroken(Exception):
 class _CallMsg(Protocol):
     id: int
 
+    def ByteSize(self) -> int: ...
+
 
 class _ReturnMsg(Protocol[_Resp_co]):
     @property
@@ -49,19 +54,22 @@ class _ReturnMsg(Protocol[_Resp_co]):
 
 class CallStream(Generic[_Req, _Resp]):
     """One multiplexed stream (see the module docstring). `open_stream` opens the gRPC call;
-    `wrap(id, request, timeout_ms)` builds the call message."""
+    `wrap(id, request, timeout_ms)` builds a call, `bundle(calls)` the message that carries several;
+    each message read back carries answers in `returns`."""
 
     def __init__(
         self,
         open_stream: Callable[[], grpc.aio.StreamStreamCall[Any, Any]],
         wrap: Callable[[int, _Req, int], _CallMsg],
+        bundle: Callable[[list[Any]], Any],
     ) -> None:
         self._open = open_stream
         self._wrap = wrap
+        self._bundle = bundle
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[_Resp]] = {}
         self._written: set[int] = set()
-        self._outbox: asyncio.Queue[_CallMsg] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_CallMsg | None] = asyncio.Queue()
         self._session: asyncio.Task[None] | None = None
 
     async def call(self, request: _Req, timeout_s: float) -> _Resp:
@@ -88,10 +96,15 @@ class CallStream(Generic[_Req, _Resp]):
 
     async def _write(self, stream: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         while True:
-            call = await self._outbox.get()
-            if call.id in self._futures:  # not already failed (and retried) by its caller
-                self._written.add(call.id)
-                await stream.write(call)
+            first = await self._outbox.get()
+            if first is None:
+                continue
+            calls, _ = drain(first, self._outbox)
+            # Not those already failed (and retried) by their callers.
+            live = [call for call in calls if call.id in self._futures]
+            if live:
+                self._written.update(call.id for call in live)
+                await stream.write(self._bundle(live))
 
     async def _run(self) -> None:
         stream = self._open()
@@ -99,10 +112,11 @@ class CallStream(Generic[_Req, _Resp]):
         failure = StreamBroken(grpc.StatusCode.UNAVAILABLE, "the server closed the stream", sent=True)
         try:
             async for message in stream:
-                answer: _ReturnMsg[_Resp] = message
-                fut = self._futures.get(answer.id)
-                if fut is not None and not fut.done():
-                    fut.set_result(answer.response)
+                answer: _ReturnMsg[_Resp]
+                for answer in message.returns:
+                    fut = self._futures.get(answer.id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(answer.response)
         except grpc.aio.AioRpcError as err:
             failure = StreamBroken(err.code(), err.details() or "", sent=True)
         finally:

@@ -7,6 +7,7 @@ cost is a thread hop per call (tens of microseconds), small next to a network ro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,9 @@ from corral.core.leases import LeaseInfo
 from corral.model import Compare, Event, KeyValue, TxnWrite
 
 _T = TypeVar("_T")
+
+# Closing waits this long for the loop's last tasks (gRPC's, of cancelled calls) to finish.
+SETTLE_TIMEOUT_S = 5.0
 
 
 class Client:
@@ -143,6 +147,8 @@ class Client:
         self._run(self._aio.set_failpoint(node, name, action))
 
     def _stop_loop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_settle(), self._loop).result(timeout=SETTLE_TIMEOUT_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -158,6 +164,15 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _settle() -> None:
+    """Cancel and await what is left on the loop (gRPC's own tasks for cancelled calls finish a little
+    after the call): closing a loop with a pending task prints "Task was destroyed but it is pending!"."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def connect(

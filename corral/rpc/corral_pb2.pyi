@@ -664,6 +664,90 @@ class RangeReturn(_message.Message):
 Global___RangeReturn: _TypeAlias = RangeReturn  # noqa: Y015
 
 @_typing.final
+class TxnCalls(_message.Message):
+    """What one stream message carries: every call (or answer) that was ready when it was written. A message
+    costs far more to send and receive than its contents cost to encode, so concurrent calls share them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___TxnCall]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___TxnCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TxnCalls: _TypeAlias = TxnCalls  # noqa: Y015
+
+@_typing.final
+class TxnReturns(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def returns(self) -> _containers.RepeatedCompositeFieldContainer[Global___TxnReturn]: ...
+    def __init__(
+        self,
+        *,
+        returns: _abc.Iterable[Global___TxnReturn] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["returns", b"returns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TxnReturns: _TypeAlias = TxnReturns  # noqa: Y015
+
+@_typing.final
+class RangeCalls(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___RangeCall]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___RangeCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeCalls: _TypeAlias = RangeCalls  # noqa: Y015
+
+@_typing.final
+class RangeReturns(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def returns(self) -> _containers.RepeatedCompositeFieldContainer[Global___RangeReturn]: ...
+    def __init__(
+        self,
+        *,
+        returns: _abc.Iterable[Global___RangeReturn] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["returns", b"returns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeReturns: _TypeAlias = RangeReturns  # noqa: Y015
+
+@_typing.final
 class Prepare(_message.Message):
     """---- between Corral processes --------------------------------------------------------------"""
 

@@ -41,8 +41,8 @@ class ClientStub:
                 _registered_method=True)
         self.Txns = channel.stream_stream(
                 '/corral.v1.Client/Txns',
-                request_serializer=corral__pb2.TxnCall.SerializeToString,
-                response_deserializer=corral__pb2.TxnReturn.FromString,
+                request_serializer=corral__pb2.TxnCalls.SerializeToString,
+                response_deserializer=corral__pb2.TxnReturns.FromString,
                 _registered_method=True)
         self.Range = channel.unary_unary(
                 '/corral.v1.Client/Range',
@@ -51,8 +51,8 @@ class ClientStub:
                 _registered_method=True)
         self.Ranges = channel.stream_stream(
                 '/corral.v1.Client/Ranges',
-                request_serializer=corral__pb2.RangeCall.SerializeToString,
-                response_deserializer=corral__pb2.RangeReturn.FromString,
+                request_serializer=corral__pb2.RangeCalls.SerializeToString,
+                response_deserializer=corral__pb2.RangeReturns.FromString,
                 _registered_method=True)
         self.LeaseGrant = channel.unary_unary(
                 '/corral.v1.Client/LeaseGrant',
@@ -148,8 +148,8 @@ def add_ClientServicer_to_server(servicer, server):
             ),
             'Txns': grpc.stream_stream_rpc_method_handler(
                     servicer.Txns,
-                    request_deserializer=corral__pb2.TxnCall.FromString,
-                    response_serializer=corral__pb2.TxnReturn.SerializeToString,
+                    request_deserializer=corral__pb2.TxnCalls.FromString,
+                    response_serializer=corral__pb2.TxnReturns.SerializeToString,
             ),
             'Range': grpc.unary_unary_rpc_method_handler(
                     servicer.Range,
@@ -158,8 +158,8 @@ def add_ClientServicer_to_server(servicer, server):
             ),
             'Ranges': grpc.stream_stream_rpc_method_handler(
                     servicer.Ranges,
-                    request_deserializer=corral__pb2.RangeCall.FromString,
-                    response_serializer=corral__pb2.RangeReturn.SerializeToString,
+                    request_deserializer=corral__pb2.RangeCalls.FromString,
+                    response_serializer=corral__pb2.RangeReturns.SerializeToString,
             ),
             'LeaseGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseGrant,
@@ -239,8 +239,8 @@ class Client:
             request_iterator,
             target,
             '/corral.v1.Client/Txns',
-            corral__pb2.TxnCall.SerializeToString,
-            corral__pb2.TxnReturn.FromString,
+            corral__pb2.TxnCalls.SerializeToString,
+            corral__pb2.TxnReturns.FromString,
             options,
             channel_credentials,
             insecure,
@@ -293,8 +293,8 @@ class Client:
             request_iterator,
             target,
             '/corral.v1.Client/Ranges',
-            corral__pb2.RangeCall.SerializeToString,
-            corral__pb2.RangeReturn.FromString,
+            corral__pb2.RangeCalls.SerializeToString,
+            corral__pb2.RangeReturns.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,9 +37,9 @@ class ClientStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClientAsyncStub: ...
     Txn: _grpc.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]
-    Txns: _grpc.StreamStreamMultiCallable[_corral_pb2.TxnCall, _corral_pb2.TxnReturn]
+    Txns: _grpc.StreamStreamMultiCallable[_corral_pb2.TxnCalls, _corral_pb2.TxnReturns]
     Range: _grpc.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]
-    Ranges: _grpc.StreamStreamMultiCallable[_corral_pb2.RangeCall, _corral_pb2.RangeReturn]
+    Ranges: _grpc.StreamStreamMultiCallable[_corral_pb2.RangeCalls, _corral_pb2.RangeReturns]
     LeaseGrant: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]
     LeaseRevoke: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
     LeaseTimeToLive: _grpc.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]
@@ -50,9 +50,9 @@ class ClientStub:
 class ClientAsyncStub(ClientStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Txn: _aio.UnaryUnaryMultiCallable[_corral_pb2.TxnRequest, _corral_pb2.TxnResponse]  # type: ignore[assignment]
-    Txns: _aio.StreamStreamMultiCallable[_corral_pb2.TxnCall, _corral_pb2.TxnReturn]  # type: ignore[assignment]
+    Txns: _aio.StreamStreamMultiCallable[_corral_pb2.TxnCalls, _corral_pb2.TxnReturns]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_corral_pb2.RangeRequest, _corral_pb2.RangeResponse]  # type: ignore[assignment]
-    Ranges: _aio.StreamStreamMultiCallable[_corral_pb2.RangeCall, _corral_pb2.RangeReturn]  # type: ignore[assignment]
+    Ranges: _aio.StreamStreamMultiCallable[_corral_pb2.RangeCalls, _corral_pb2.RangeReturns]  # type: ignore[assignment]
     LeaseGrant: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseGrantRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
     LeaseRevoke: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
     LeaseTimeToLive: _aio.UnaryUnaryMultiCallable[_corral_pb2.LeaseIdRequest, _corral_pb2.LeaseReply]  # type: ignore[assignment]
@@ -70,9 +70,9 @@ class ClientServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Txns(
         self,
-        request_iterator: _MaybeAsyncIterator[_corral_pb2.TxnCall],
+        request_iterator: _MaybeAsyncIterator[_corral_pb2.TxnCalls],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_corral_pb2.TxnReturn], _abc.AsyncIterator[_corral_pb2.TxnReturn]]: ...
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.TxnReturns], _abc.AsyncIterator[_corral_pb2.TxnReturns]]: ...
 
     @_abc_1.abstractmethod
     def Range(
@@ -84,9 +84,9 @@ class ClientServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Ranges(
         self,
-        request_iterator: _MaybeAsyncIterator[_corral_pb2.RangeCall],
+        request_iterator: _MaybeAsyncIterator[_corral_pb2.RangeCalls],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_corral_pb2.RangeReturn], _abc.AsyncIterator[_corral_pb2.RangeReturn]]: ...
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.RangeReturns], _abc.AsyncIterator[_corral_pb2.RangeReturns]]: ...
 
     @_abc_1.abstractmethod
     def LeaseGrant(

@@ -22,6 +22,7 @@ from corral.config import ClusterConfig, NodeConfig
 from corral.core.messages import Message
 from corral.errors import CorralError, Internal, Unavailable
 from corral.rpc import corral_pb2 as pb
+from corral.rpc.bundles import drain
 from corral.rpc.convert import batch_to_pb, error_to_pb
 from corral.services.failpoints import Failpoints
 from corral.store.durability import WalSync
@@ -173,10 +174,11 @@ _Return = TypeVar("_Return")
 
 
 async def answer_calls(
-    requests: AsyncIterator[_Call], handle: Callable[[_Call], Awaitable[_Return]]
-) -> AsyncIterator[_Return]:
-    """The body of a multiplexed call stream (`Client.Txns`, `Client.Ranges`): each call is handled on
-    its own as it arrives, and its answer (which carries the call's id) is sent as soon as it is ready."""
+    requests: AsyncIterator[Any], handle: Callable[[_Call], Awaitable[_Return]]
+) -> AsyncIterator[list[_Return]]:
+    """The body of a multiplexed call stream (`Client.Ranges`): each call of each message (`.calls`) is
+    handled on its own as it arrives, and its answer (which carries the call's id) is sent as soon as it
+    is ready, with the others ready by then (`answers_of`)."""
     answers: asyncio.Queue[_Return | None] = asyncio.Queue()
     running: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
@@ -186,21 +188,31 @@ async def answer_calls(
 
     async def pump() -> None:
         try:
-            async for call in requests:
-                task = loop.create_task(one(call))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            async for message in requests:
+                for call in message.calls:
+                    task = loop.create_task(one(call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
         finally:
             answers.put_nowait(None)
 
     pumping = loop.create_task(pump())
     try:
-        while (answer := await answers.get()) is not None:
-            yield answer
+        async for bundle in answers_of(answers):
+            yield bundle
     finally:
         pumping.cancel()
         for task in running:
             task.cancel()
+
+
+async def answers_of(answers: asyncio.Queue[_Return | None]) -> AsyncIterator[list[_Return]]:
+    """Bundles of the answers in `answers` (each: what was ready together), until None."""
+    while (first := await answers.get()) is not None:
+        bundle, ended = drain(first, answers)  # type: ignore[type-var]  # answers are messages
+        yield bundle
+        if ended:
+            return
 
 
 def call_timeout_s(timeout_ms: int, default_ms: int) -> float:

@@ -10,11 +10,12 @@ an fsync runs share the next one: group commit without a separate batching stage
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from corral.config import ClusterConfig, NodeConfig
 from corral.core.leases import LeaseInfo
@@ -43,6 +44,7 @@ from corral.services.base import (
     PeerEndpoint,
     Releaser,
     Ticker,
+    answers_of,
     call_timeout_s,
     deadline_s,
     fail_stop,
@@ -126,6 +128,14 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         def act() -> None:
             if decided:
                 self.faults.hit("coordinator.after_commit_log")
+            # Answers first: their callbacks then run before the link tasks the sends wake, so a
+            # client learns its outcome without waiting behind COMMIT writes (order is free here: all
+            # of it is durable).
+            for eff in effects:
+                for reply in eff.reply:
+                    fut = self._waiters.get(reply.request_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply.result)
             captured: list[Message] = []
             for eff in effects:
                 for env in eff.send:
@@ -133,10 +143,6 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
                         captured.append(env.msg)
                     else:
                         self.links.send(env.dst, env.msg)
-                for reply in eff.reply:
-                    fut = self._waiters.get(reply.request_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(reply.result)
             answer.set_result(captured)
 
         self.releaser.release(ticket, act)
@@ -162,45 +168,57 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
     async def Txn(self, request: pb.TxnRequest, context: Context) -> pb.TxnResponse:
         return await self._txn(request, deadline_s(context, self.config.timeouts.request_timeout_ms))
 
-    async def Txns(self, request_iterator: AsyncIterator[pb.TxnCall], context: Context) -> AsyncIterator[pb.TxnReturn]:
-        """Many writes over one stream, each answered by id as soon as it is decided. Calls are stepped
-        as they arrive, with no task or timer each: the core answers every request by its deadline
-        (a pending transaction aborts at it; a held one is refused at it)."""
+    async def Txns(
+        self, request_iterator: AsyncIterator[pb.TxnCalls], context: Context
+    ) -> AsyncIterator[pb.TxnReturns]:
+        """Many writes over one stream, each answered by id as soon as it is decided. The calls of a
+        message are stepped together as it arrives, with no task or timer each: the core answers every
+        request by its deadline (a pending transaction aborts at it; a held one is refused at it)."""
         answers: asyncio.Queue[pb.TxnReturn | None] = asyncio.Queue()
-        default_ms = self.config.timeouts.request_timeout_ms
 
         async def pump() -> None:
             try:
-                async for call in request_iterator:
-                    self._txn_call(call, call_timeout_s(call.timeout_ms, default_ms), answers)
+                async for message in request_iterator:
+                    self._txn_calls(message.calls, answers)
             finally:
                 answers.put_nowait(None)
 
         pumping = asyncio.get_running_loop().create_task(pump())
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
+            async for bundle in answers_of(answers):
+                yield pb.TxnReturns(returns=bundle)
         finally:
             pumping.cancel()
 
-    def _txn_call(self, call: pb.TxnCall, timeout_s: float, answers: asyncio.Queue[pb.TxnReturn | None]) -> None:
-        try:
-            txn = txn_from_pb(call.request.txn)
-            txn.validate(self.config.limits)
-        except CorralError as err:
-            answers.put_nowait(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
-            return
-        rid = next(self._ids)
-        fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
-        self._waiters[rid] = fut
+    def _txn_calls(self, calls: Iterable[pb.TxnCall], answers: asyncio.Queue[pb.TxnReturn | None]) -> None:
+        events: list[Event] = []
+        default_ms = self.config.timeouts.request_timeout_ms
+        for call in calls:
+            try:
+                txn = txn_from_pb(call.request.txn)
+                txn.validate(self.config.limits)
+            except CorralError as err:
+                answers.put_nowait(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
+                continue
+            rid = next(self._ids)
+            fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
+            self._waiters[rid] = fut
+            fut.add_done_callback(functools.partial(self._answered, rid, call.id, answers))
+            client_id = call.request.client_id or f"anonymous-{self.core.epoch}-{rid}"
+            deadline_ms = now_ms() + int(call_timeout_s(call.timeout_ms, default_ms) * 1000)
+            events.append(ClientTxn(rid, client_id, call.request.seq, txn, deadline_ms))
+        if events:
+            self._step(events)
 
-        def answered(done: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo]) -> None:
-            self._waiters.pop(rid, None)
-            answers.put_nowait(pb.TxnReturn(id=call.id, response=self._txn_response(done.result())))
-
-        fut.add_done_callback(answered)
-        client_id = call.request.client_id or f"anonymous-{self.core.epoch}-{rid}"
-        self._step([ClientTxn(rid, client_id, call.request.seq, txn, now_ms() + int(timeout_s * 1000))])
+    def _answered(
+        self,
+        rid: int,
+        call_id: int,
+        answers: asyncio.Queue[pb.TxnReturn | None],
+        done: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo],
+    ) -> None:
+        self._waiters.pop(rid, None)
+        answers.put_nowait(pb.TxnReturn(id=call_id, response=self._txn_response(done.result())))
 
     @staticmethod
     def _txn_response(result: TxnResult | LeaseInfo | ErrorInfo) -> pb.TxnResponse:
@@ -276,11 +294,12 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         yield pb.WatchResponse(error=error_to_pb(wrong))
 
     async def Ranges(
-        self, request_iterator: AsyncIterator[pb.RangeCall], context: Context
-    ) -> AsyncIterator[pb.RangeReturn]:
+        self, request_iterator: AsyncIterator[pb.RangeCalls], context: Context
+    ) -> AsyncIterator[pb.RangeReturns]:
         wrong = FailedPrecondition("reads are served by replicas, not the coordinator; connect with the cluster config")
-        async for call in request_iterator:
-            yield pb.RangeReturn(id=call.id, response=pb.RangeResponse(error=error_to_pb(wrong)))
+        response = pb.RangeResponse(error=error_to_pb(wrong))
+        async for message in request_iterator:
+            yield pb.RangeReturns(returns=[pb.RangeReturn(id=call.id, response=response) for call in message.calls])
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
         wrong = FailedPrecondition("reads are served by replicas, not the coordinator; connect with the cluster config")

@@ -216,10 +216,13 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         err = InvalidArgument(f"{self.node.name} is a replica; writes go to the coordinator")
         return pb.TxnResponse(error=error_to_pb(err))
 
-    async def Txns(self, request_iterator: AsyncIterator[pb.TxnCall], context: Context) -> AsyncIterator[pb.TxnReturn]:
+    async def Txns(
+        self, request_iterator: AsyncIterator[pb.TxnCalls], context: Context
+    ) -> AsyncIterator[pb.TxnReturns]:
         err = InvalidArgument(f"{self.node.name} is a replica; writes go to the coordinator")
-        async for call in request_iterator:
-            yield pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err)))
+        response = pb.TxnResponse(error=error_to_pb(err))
+        async for message in request_iterator:
+            yield pb.TxnReturns(returns=[pb.TxnReturn(id=call.id, response=response) for call in message.calls])
 
     def _not_here(self, what: str) -> pb.LeaseReply:
         err = InvalidArgument(f"{self.node.name} is a replica; {what} go to the coordinator")
@@ -277,8 +280,8 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         return await self._range(request, deadline_s(context, self.config.timeouts.request_timeout_ms))
 
     async def Ranges(
-        self, request_iterator: AsyncIterator[pb.RangeCall], context: Context
-    ) -> AsyncIterator[pb.RangeReturn]:
+        self, request_iterator: AsyncIterator[pb.RangeCalls], context: Context
+    ) -> AsyncIterator[pb.RangeReturns]:
         """Many reads over one stream, each answered by id as soon as it is ready."""
         default_ms = self.config.timeouts.request_timeout_ms
 
@@ -290,8 +293,8 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             response = await self._range(call.request, call_timeout_s(call.timeout_ms, default_ms))
             return pb.RangeReturn(id=call.id, response=response)
 
-        async for answer in answer_calls(request_iterator, handle):
-            yield answer
+        async for answers in answer_calls(request_iterator, handle):
+            yield pb.RangeReturns(returns=answers)
 
     async def _range(self, request: pb.RangeRequest, timeout_s: float) -> pb.RangeResponse:
         try:
