@@ -163,7 +163,7 @@ def _print_status(console: Console, config: ClusterConfig, statuses: list[NodeSt
     for col in ("node", "role", "address", "state", "revision", "digest", "in flight", "pid"):
         table.add_column(col, overflow="fold")
     for s in statuses:
-        state = "[green]up[/]" if s.up else f"[red]down[/] ({s.error})"
+        state = render.node_state(s)
         flight = str(s.prepared) + (f" ({s.locked_keys} keys locked)" if s.locked_keys else "")
         table.add_row(
             s.name,

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from corral.cli import render
 from corral.cli.cluster import start_node, wait_healthy
 from corral.client import Client
 from corral.config import new_cluster
@@ -106,13 +107,7 @@ def _status_table(client: Client, title: str) -> Table:
     for col in ("node", "state", "revision", "digest"):
         table.add_column(col)
     for st in client.status(timeout=1.0):
-        if not st.up:
-            state = "[red]down[/]"
-        elif st.role == "coordinator":
-            state = f"[green]up[/] (view {st.view}: {', '.join(st.view_members)})"
-        else:
-            state = "[green]member[/]" if st.lease_valid else f"[yellow]{st.membership}[/]"
-        table.add_row(st.name, state, str(st.revision) if st.up else "", st.digest)
+        table.add_row(st.name, render.node_state(st), str(st.revision) if st.up else "", st.digest)
     return table
 
 

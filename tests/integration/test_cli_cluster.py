@@ -49,6 +49,8 @@ def test_up_status_kv_down(tmp_path: Path) -> None:
         assert {(n["revision"], n["digest"]) for n in replicas} == {(4, replicas[0]["digest"])}
         table = corral("status", "--dir", "corral-data", cwd=tmp_path)
         assert "replica-2" in table.stdout and "up" in table.stdout
+        assert "view 1: replica-1, replica-2, replica-3" in table.stdout, table.stdout
+        assert table.stdout.count("member") == 3, table.stdout
     finally:
         down = corral("down", "--dir", "corral-data", cwd=tmp_path)
     assert down.returncode == 0 and "is down" in down.stdout
