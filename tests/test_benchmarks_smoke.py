@@ -22,3 +22,16 @@ def test_benchmark_runs_and_prints_its_table(argv: list[str]) -> None:
     out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ops/s" in out.stdout and "p99" in out.stdout
+
+
+def test_kv_benchmark_runs_a_cluster_and_prints_its_table() -> None:
+    """The cluster benchmark (etcd left out: it may not be installed here) starts its cluster and drives
+    both phases without errors."""
+    argv = ["benchmarks/kv_bench.py", "--duration", "0.5", "--clients", "2", "--procs", "1", "--no-etcd"]
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for op in ("put", "get"):
+        line = next(x for x in out.stdout.splitlines() if x.startswith(f"corral {op} clients=  2"))
+        assert "errors=0" in line and "p99=" in line, line
+        ops = float(line.split(":")[1].split("ops/s")[0].replace(",", ""))
+        assert ops > 0, line

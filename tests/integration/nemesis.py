@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NEMESIS_TIMEOUTS: Timeouts = replace(TEST_TIMEOUTS, read_lease_ms=800, join_timeout_ms=1500)
 # Between two faults the cluster gets this long to recover and serve (seconds, drawn uniformly).
 QUIET_S = (1.0, 3.0)
+FAULT_KINDS = ("kill-coordinator", "kill-replica", "stop-replica")
 CHECK_BUDGET_S = 120.0
 
 
@@ -99,11 +100,15 @@ class Nemesis(threading.Thread):
     def _run(self) -> None:
         c = self.cluster
         lease_s = NEMESIS_TIMEOUTS.read_lease_ms / 1000
+        deck: list[str] = []
         while not self.stop_event.is_set():
             self._quiet()
             if self.stop_event.is_set():
                 break
-            action = self.rng.choice(["kill-coordinator", "kill-replica", "stop-replica"])
+            if not deck:  # every kind once per round, in a random order: each run has all three
+                deck = list(FAULT_KINDS)
+                self.rng.shuffle(deck)
+            action = deck.pop()
             if action == "kill-coordinator":
                 c.kill("coordinator")
                 self._quiet(0.2, 1.5)
