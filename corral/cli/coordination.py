@@ -3,7 +3,8 @@
     corral lease grant 10                 print a new lease id (keys put with --lease ID die with it)
     corral lease keepalive ID [--once]    renew until interrupted
     corral lease revoke ID | ttl ID
-    corral watch /config/ --prefix        one line per change until interrupted (--count N to stop)
+    corral watch /config/ [--rev R]       one line per change under the prefix until interrupted
+                                          (--key: one exact key; --count N to stop)
     corral lock build -- make release     run a command while holding a lock; exit with its status
     corral elect scheduler host-a:8080    campaign, say when elected, lead until interrupted
 
@@ -27,7 +28,7 @@ from typing import Any, NoReturn, TypeVar
 
 from corral.client.aio import AsyncClient, connect_async
 from corral.client.session import RENEWALS_PER_TTL
-from corral.errors import InvalidArgument
+from corral.errors import InvalidArgument, LeaseExpired, NotFound
 from corral.model import Event, EventKind
 from corral.recipes import DEFAULT_TTL_S, LeaderElection, Lock
 
@@ -106,12 +107,21 @@ def cmd_lease_grant(args: argparse.Namespace) -> int:
 def cmd_lease_keepalive(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient) -> int:
         async def renew() -> int:
-            info = await client.lease_keepalive_once(args.id)
+            # The coordinator answers a keepalive of an unknown lease with LeaseExpired, `ttl` and
+            # `revoke` with NotFound: the CLI reports both as NotFound (exit 2), so a script sees one
+            # status for "no such lease" whichever command asked.
+            try:
+                info = await client.lease_keepalive_once(args.id)
+            except LeaseExpired:
+                raise NotFound(f"lease {args.id} does not exist (or has ended)", lease=args.id) from None
             print(f"lease {info.id} renewed: {info.ttl_ms / 1000:g} s left", flush=True)
             interval = info.ttl_ms / 1000 / RENEWALS_PER_TTL  # as sessions renew
             while not args.once:
                 await asyncio.sleep(interval)  # the renewal schedule, not a synchronisation
-                await client.lease_keepalive_once(args.id)
+                try:
+                    await client.lease_keepalive_once(args.id)
+                except LeaseExpired as err:
+                    raise NotFound(err.message, lease=args.id) from None
             return 0
 
         return await _until_stopped(renew(), 0)
@@ -165,7 +175,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient) -> int:
         async def follow() -> int:
             seen = 0
-            events = client.watch(args.key, prefix=args.prefix, start_revision=args.rev, prev_kv=args.prev)
+            events = client.watch(args.target, prefix=not args.key, start_revision=args.rev, prev_kv=args.prev)
             async for event in events:
                 print(format_event(event, prev=args.prev, as_json=args.json), flush=True)
                 seen += 1
@@ -307,9 +317,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("id", type=int, metavar="ID")
     p.set_defaults(handler=cmd_lease_ttl)
 
-    p = sub.add_parser("watch", help="print each change to a key (or prefix) until interrupted")
-    p.add_argument("key", metavar="PREFIX_OR_KEY")
-    p.add_argument("--prefix", action="store_true", help="watch every key starting with it")
+    p = sub.add_parser("watch", help="print each change under a prefix (or to one key) until interrupted")
+    p.add_argument("target", metavar="PREFIX", help="watch every key starting with it (with --key: that key only)")
+    exact = p.add_mutually_exclusive_group()
+    exact.add_argument("--key", action="store_true", help="watch only the exact key PREFIX, not keys under it")
+    # Watching a prefix used to need --prefix; it is the default now, and the flag is kept so that
+    # existing scripts still run.
+    exact.add_argument("--prefix", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rev", type=int, default=0, help="start at this revision (default: now)")
     p.add_argument("--prev", action="store_true", help="show each key's previous value too")
     p.add_argument("--count", type=int, help="stop after this many events")

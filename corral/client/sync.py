@@ -69,21 +69,23 @@ class Client:
         """Create a key under `prefix` named by its commit revision; return (key, revision)."""
         return self._run(self._aio.put_sequential(prefix, value, lease=lease, timeout=timeout))
 
-    def lease_grant(self, ttl: float) -> LeaseInfo:
-        """A new lease of `ttl` seconds (keep it alive, or its keys are deleted when it expires)."""
-        return self._run(self._aio.lease_grant(ttl))
+    def lease_grant(self, ttl: float, *, timeout: float | None = None) -> LeaseInfo:
+        """A new lease of `ttl` seconds (keep it alive, or its keys are deleted when it expires).
+        `timeout` (default: the client's) bounds the wait: Unavailable after it, as for writes."""
+        return self._run(self._aio.lease_grant(ttl, timeout=timeout))
 
-    def lease_revoke(self, lease_id: int) -> None:
-        """End a lease now; its keys are deleted before this returns."""
-        self._run(self._aio.lease_revoke(lease_id))
+    def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """End a lease now; its keys are deleted before this returns. NotFound if it already ended."""
+        self._run(self._aio.lease_revoke(lease_id, timeout=timeout))
 
-    def lease_time_to_live(self, lease_id: int) -> LeaseInfo:
-        """The lease's granted TTL and the milliseconds it has left."""
-        return self._run(self._aio.lease_time_to_live(lease_id))
+    def lease_time_to_live(self, lease_id: int, *, timeout: float | None = None) -> LeaseInfo:
+        """The lease's granted TTL and the milliseconds it has left. NotFound if it already ended."""
+        return self._run(self._aio.lease_time_to_live(lease_id, timeout=timeout))
 
-    def compact(self, revision: int) -> None:
-        """Forget history below `revision` on every replica."""
-        self._run(self._aio.compact(revision))
+    def compact(self, revision: int, *, timeout: float = 10.0) -> None:
+        """Forget history below `revision` on every replica (`timeout` per replica; one that does
+        not answer in time is skipped)."""
+        self._run(self._aio.compact(revision, timeout=timeout))
 
     def watch(
         self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
@@ -142,9 +144,9 @@ class Client:
         """Every node's status (down nodes included, marked down)."""
         return self._run(self._aio.status(timeout=timeout))
 
-    def set_failpoint(self, node: str, name: str, action: str) -> None:
+    def set_failpoint(self, node: str, name: str, action: str, *, timeout: float = 5.0) -> None:
         """Arm or clear a failpoint on a node (testing only)."""
-        self._run(self._aio.set_failpoint(node, name, action))
+        self._run(self._aio.set_failpoint(node, name, action, timeout=timeout))
 
     def _stop_loop(self) -> None:
         with contextlib.suppress(Exception):

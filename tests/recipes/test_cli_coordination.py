@@ -104,11 +104,26 @@ def test_lease_commands(shared_cluster: LocalCluster) -> None:
     assert bad.returncode == 2 and "TTL_SECONDS" in bad.stderr
 
 
+def test_an_unknown_lease_is_exit_2_for_every_lease_command(shared_cluster: LocalCluster) -> None:
+    """A revoked lease and one never granted: keepalive (once or not), ttl and revoke all say so in
+    one line and exit 2, as for any unknown id."""
+    revoked = corral(shared_cluster, "lease", "grant", "30").stdout.strip()
+    assert corral(shared_cluster, "lease", "revoke", revoked).returncode == 0
+    never = str(2**62)
+    for lease in (revoked, never):
+        for command in (("keepalive", lease), ("keepalive", lease, "--once"), ("ttl", lease), ("revoke", lease)):
+            out = corral(shared_cluster, "lease", *command)
+            assert out.returncode == 2, (command, out.returncode, out.stderr)
+            assert out.stdout == ""
+            assert out.stderr == f"corral: lease {lease} does not exist (or has ended)\n", (command, out.stderr)
+
+
 def test_watch_prints_events_until_count(shared_cluster: LocalCluster) -> None:
     with shared_cluster.client(timeout=10) as client:
         start = client.put("/cli/w/a", "1")
         client.put("/cli/w/a", "2")
         client.delete("/cli/w/a")
+    # --prefix is what a prefix watch once needed: still accepted, and changes nothing.
     out = corral(shared_cluster, "watch", "/cli/w/", "--prefix", "--rev", str(start), "--prev", "--count", "3")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
@@ -116,7 +131,7 @@ def test_watch_prints_events_until_count(shared_cluster: LocalCluster) -> None:
         f"{start + 1}\tPUT\t/cli/w/a\t2\tprev=1",
         f"{start + 2}\tDELETE\t/cli/w/a\tprev=2",
     ]
-    as_json = corral(shared_cluster, "watch", "/cli/w/a", "--rev", str(start), "--count", "1", "--json")
+    as_json = corral(shared_cluster, "watch", "/cli/w/a", "--key", "--rev", str(start), "--count", "1", "--json")
     assert json.loads(as_json.stdout) == {
         "revision": start,
         "type": "put",
@@ -126,6 +141,35 @@ def test_watch_prints_events_until_count(shared_cluster: LocalCluster) -> None:
         "lease": 0,
     }
     assert corral(shared_cluster, "watch", "/cli/w/", "--count", "0").returncode == 2
+    both = corral(shared_cluster, "watch", "/cli/w/", "--key", "--prefix")
+    assert both.returncode == 2 and len(both.stderr.splitlines()) == 1 and "--key" in both.stderr
+
+
+def test_watch_prefix_is_the_default(shared_cluster: LocalCluster) -> None:
+    """`corral watch PREFIX --rev R`, as the issue spells it: every key under PREFIX, none beside it."""
+    with shared_cluster.client(timeout=10) as client:
+        start = client.put("/cli/wp/a", "1")
+        client.put("/cli/wp-beside", "not under /cli/wp/")
+        client.put("/cli/wp/b", "2")
+        client.put("/cli/wp/a", "3")
+    out = corral(shared_cluster, "watch", "/cli/wp/", "--rev", str(start), "--count", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"{start}\tPUT\t/cli/wp/a\t1",
+        f"{start + 2}\tPUT\t/cli/wp/b\t2",
+        f"{start + 3}\tPUT\t/cli/wp/a\t3",
+    ]
+
+
+def test_watch_key_sees_only_that_key(shared_cluster: LocalCluster) -> None:
+    """With --key, a key that merely starts with the name (/cli/wk/ab) is not watched."""
+    with shared_cluster.client(timeout=10) as client:
+        start = client.put("/cli/wk/a", "1")
+        client.put("/cli/wk/ab", "other")
+        client.delete("/cli/wk/a")
+    out = corral(shared_cluster, "watch", "/cli/wk/a", "--key", "--rev", str(start), "--count", "2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"{start}\tPUT\t/cli/wk/a\t1", f"{start + 2}\tDELETE\t/cli/wk/a"]
 
 
 def test_elect_leads_until_interrupted_then_hands_over(shared_cluster: LocalCluster) -> None:
