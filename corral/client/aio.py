@@ -85,6 +85,9 @@ class NodeStatus:
     membership: str = ""  # replica: member | outside | unknown
     lease_valid: bool = False  # replica: serving linearizable reads
     joining: str = ""  # coordinator: a replica being added to the view
+    fsyncs: int = 0  # since the node started: group commit makes these far fewer than commits
+    batches_received: int = 0  # peer batches since the node started
+    messages_received: int = 0  # protocol messages in those batches
     error: str = ""
 
 
@@ -487,6 +490,9 @@ class AsyncClient:
                 s.membership,
                 s.lease_valid,
                 s.joining,
+                s.fsyncs,
+                s.batches_received,
+                s.messages_received,
             )
 
         return list(await asyncio.gather(*(one(*n) for n in self.endpoints.nodes)))

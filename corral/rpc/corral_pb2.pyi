@@ -1341,6 +1341,9 @@ class StatusResponse(_message.Message):
     MEMBERSHIP_FIELD_NUMBER: _builtins.int
     LEASE_VALID_FIELD_NUMBER: _builtins.int
     JOINING_FIELD_NUMBER: _builtins.int
+    FSYNCS_FIELD_NUMBER: _builtins.int
+    BATCHES_RECEIVED_FIELD_NUMBER: _builtins.int
+    MESSAGES_RECEIVED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     """coordinator | replica"""
@@ -1364,6 +1367,12 @@ class StatusResponse(_message.Message):
     """replica: holds a read lease (serves linearizable reads)"""
     joining: _builtins.str
     """coordinator: the replica being added to the view, if any"""
+    fsyncs: _builtins.int
+    """log fsyncs since start: with group commit, far fewer than commits"""
+    batches_received: _builtins.int
+    """peer batches received since start (each carries many messages)"""
+    messages_received: _builtins.int
+    """protocol messages in those batches"""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
         """the cluster as this node knows it (the coordinator: every node)"""
@@ -1390,10 +1399,13 @@ class StatusResponse(_message.Message):
         membership: _builtins.str = ...,
         lease_valid: _builtins.bool = ...,
         joining: _builtins.str = ...,
+        fsyncs: _builtins.int = ...,
+        batches_received: _builtins.int = ...,
+        messages_received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "epoch", b"epoch", "joining", b"joining", "lease_valid", b"lease_valid", "locked_keys", b"locked_keys", "members", b"members", "membership", b"membership", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s", "view", b"view", "view_members", b"view_members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_received", b"batches_received", "digest", b"digest", "epoch", b"epoch", "fsyncs", b"fsyncs", "joining", b"joining", "lease_valid", b"lease_valid", "locked_keys", b"locked_keys", "members", b"members", "membership", b"membership", "messages_received", b"messages_received", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s", "view", b"view", "view_members", b"view_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

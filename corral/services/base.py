@@ -229,13 +229,21 @@ class PeerEndpoint:
     node: NodeConfig
     config: ClusterConfig
     faults: Failpoints
+    # Shown by Status: how many messages share a batch (group commit at work).
+    batches_received = 0
+    messages_received = 0
 
     async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
         raise NotImplementedError
 
+    async def _counted(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        self.batches_received += 1
+        self.messages_received += len(batch.messages)
+        return await self._inbound(batch)
+
     async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
         try:
-            answer = await self._inbound(request)
+            answer = await self._counted(request)
         except Unavailable as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
         except CorralError as err:
@@ -243,7 +251,7 @@ class PeerEndpoint:
         return batch_to_pb(self.node.name, await answer)
 
     async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
-        async for answer in answer_stream(request_iterator, self._inbound, self.node.name, context):
+        async for answer in answer_stream(request_iterator, self._counted, self.node.name, context):
             yield answer
 
     async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:

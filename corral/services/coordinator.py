@@ -325,6 +325,9 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
             view=self.core.view,
             view_members=list(self.core.members),
             joining=self.core.joining or "",
+            fsyncs=self.wal.fsyncs,
+            batches_received=self.batches_received,
+            messages_received=self.messages_received,
         )
 
     async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:

@@ -388,6 +388,9 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             view_members=list(self.core.members),
             membership=self.core.membership.value,
             lease_valid=self.core.can_serve_linearizable(now_ms()),
+            fsyncs=self.wal.fsyncs,
+            batches_received=self.batches_received,
+            messages_received=self.messages_received,
         )
 
     async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:
