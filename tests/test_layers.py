@@ -92,3 +92,45 @@ def test_cores_do_no_io() -> None:
                 )
             else:
                 assert name.split(".")[0] in CORE_STDLIB, f"core module {path.name} imports {name} (I/O?)"
+
+
+# What a recipe may import from Corral: the client SDK (the public modules of `corral.client`), the
+# types its calls take and return (model, errors), the protocol's limits, and other recipes. Not the
+# wire (rpc), the servers (services), the protocol cores (core), the store, or the configuration: a
+# recipe is written against the public client API only, like any user's code.
+RECIPES_MAY_IMPORT = {
+    "corral.client",
+    "corral.client.aio",
+    "corral.client.session",
+    "corral.client.sync",
+    "corral.errors",
+    "corral.limits",
+    "corral.model",
+}
+
+
+def _corral_modules(path: Path) -> list[str]:
+    """The corral modules `path` imports, relative imports resolved; `from pkg import mod` names `pkg.mod`."""
+    package = ["corral", *path.relative_to(PACKAGE).with_suffix("").parts[:-1]]
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            names.append(module)
+            for alias in node.names:
+                sub = Path(PACKAGE.parent, *f"{module}.{alias.name}".split("."))
+                if sub.with_suffix(".py").exists() or (sub / "__init__.py").exists():
+                    names.append(f"{module}.{alias.name}")
+    return [n for n in names if n == "corral" or n.startswith("corral.")]
+
+
+def test_recipes_use_only_the_public_client_api() -> None:
+    recipes = list((PACKAGE / "recipes").rglob("*.py"))
+    assert recipes
+    for path in recipes:
+        for name in _corral_modules(path):
+            allowed = name in RECIPES_MAY_IMPORT or name == "corral.recipes" or name.startswith("corral.recipes.")
+            assert allowed, f"recipe module {path.name} imports {name}, not part of the public client API"
