@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -212,8 +213,11 @@ def test_reads_of_an_in_doubt_key_fail_while_the_coordinator_is_down(tmp_path: P
         cluster.wait_exited("coordinator")
         with cluster.client(timeout=1) as c:
             for _ in range(3):
+                started = time.monotonic()
                 with pytest.raises(Unavailable, match="in doubt"):
                     c.get("doubt")
+                # It waited for an outcome until (about) the 1 s deadline, then gave up; not at once.
+                assert 0.5 <= time.monotonic() - started <= 3.0
                 assert c.get("other").value == b"fine"  # type: ignore[union-attr]
             # A serializable read answers at once, from the replica's applied state.
             assert c.get("doubt", serializable=True).value == b"old"  # type: ignore[union-attr]
