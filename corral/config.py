@@ -65,6 +65,10 @@ class ClusterConfig:
     def replicas(self) -> list[NodeConfig]:
         return [n for n in self.nodes.values() if n.role == "replica"]
 
+    def peer_addresses(self, name: str) -> dict[str, str]:
+        """Every other node's address, by name: whom node `name` opens peer links to."""
+        return {n.name: n.address for n in self.nodes.values() if n.name != name}
+
     def node(self, name: str) -> NodeConfig:
         try:
             return self.nodes[name]

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TypeVar
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
 from corral.client.sync import Client
-from corral.errors import Conflict, CorralError, Internal, InvalidArgument
+from corral.errors import Compacted, Conflict, CorralError, Internal, InvalidArgument
 from corral.model import SEQUENTIAL_DIGITS, Event, KeyValue
 
 _T = TypeVar("_T")
@@ -214,6 +214,43 @@ async def wait_event(
         raise Internal("a watch ended without an error")  # the SDK's watch never ends by itself
 
     return await race(watch(), deadline=deadline, session=session)
+
+
+class Rewatcher:
+    """The waits of one read-then-watch loop. Each watch starts after what the loop just read, but never
+    below the oldest revision the replicas still keep: a watch whose start was compacted ends the wait
+    (None), the loop reads again, and its next watch starts at the oldest revision kept."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._compacted = 0  # the watch may start after this revision, no earlier
+
+    async def wait(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        after: int,
+        deadline: Deadline,
+        session: Session | None = None,
+        stop: Callable[[Event], bool],
+        on_event: Callable[[Event], object] | None = None,
+    ) -> Event | None:
+        """`wait_event` from `after` (or the oldest kept revision); None when history was compacted."""
+        try:
+            return await wait_event(
+                self._client,
+                key,
+                prefix=prefix,
+                after=max(after, self._compacted),
+                deadline=deadline,
+                session=session,
+                stop=stop,
+                on_event=on_event,
+            )
+        except Compacted as err:
+            self._compacted = err.compact_revision - 1
+            return None
 
 
 @contextlib.asynccontextmanager

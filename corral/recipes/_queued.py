@@ -22,15 +22,15 @@ from types import TracebackType
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
 from corral.client.sync import Client
-from corral.errors import Compacted, FailedPrecondition, LeaseExpired
+from corral.errors import FailedPrecondition, LeaseExpired
 from corral.model import Event, EventKind, KeyValue
 from corral.recipes._base import (
     WAIT_TIMEOUT_S,
     Deadline,
+    Rewatcher,
     as_bytes,
     retry_conflicts,
     sequence_of,
-    wait_event,
 )
 from corral.recipes._blocking import run
 from corral.recipes._holding import LossGuard, SessionSlot
@@ -154,7 +154,7 @@ class QueuedLock:
         return self.token
 
     async def _wait_turn(self, session: Session, deadline: Deadline) -> None:
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         while True:
             queue = queue_of(await self._client.range(self._base), self._base, self._kinds)
             index = next((i for i, e in enumerate(queue) if e.key == self.key), None)
@@ -171,17 +171,14 @@ class QueuedLock:
             deadline.check()
             self.waiting_for = blocker.key
             try:
-                await wait_event(
-                    self._client,
+                await rewatch.wait(
                     blocker.key,
-                    after=max(blocker.mod_revision, compacted),
+                    after=blocker.mod_revision,
                     deadline=deadline,
                     session=session,
                     stop=lambda event: event.kind is EventKind.DELETE,
                     on_event=self._woken,
                 )
-            except Compacted as err:
-                compacted = err.compact_revision - 1  # re-read, then watch from the oldest kept
             finally:
                 self.waiting_for = None
 

@@ -34,6 +34,7 @@ from corral.recipes._base import (
     ROOT,
     WAIT_TIMEOUT_S,
     Deadline,
+    Rewatcher,
     as_bytes,
     check_async_client,
     check_name,
@@ -81,19 +82,14 @@ class Barrier:
             WaitTimeout: still closed at the deadline.
         """
         deadline = Deadline(timeout, self._what)
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         while True:
             kv = await self._client.get(self.key)
             if kv is None:
                 return
             deadline.check()
-            try:
-                await wait_event(
-                    self._client, self.key, after=max(kv.mod_revision, compacted), deadline=deadline, stop=_is_delete
-                )
+            if await rewatch.wait(self.key, after=kv.mod_revision, deadline=deadline, stop=_is_delete) is not None:
                 return
-            except Compacted as err:
-                compacted = err.compact_revision - 1
 
 
 class DoubleBarrier:
@@ -205,7 +201,7 @@ class DoubleBarrier:
     async def _leave(self, session: Session, deadline: Deadline) -> None:
         mine = self.key
         assert mine is not None
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         while True:
             members = await self.members()
             if not members:
@@ -228,17 +224,13 @@ class DoubleBarrier:
                 target = members[0]  # everyone else waits for the first
             session.check()
             deadline.check()
-            try:
-                await wait_event(
-                    self._client,
-                    target.key,
-                    after=max(target.mod_revision, compacted),
-                    deadline=deadline,
-                    session=session if mine == keys[0] else None,
-                    stop=_is_delete,
-                )
-            except Compacted as err:
-                compacted = err.compact_revision - 1
+            await rewatch.wait(
+                target.key,
+                after=target.mod_revision,
+                deadline=deadline,
+                session=session if mine == keys[0] else None,
+                stop=_is_delete,
+            )
 
 
 class BlockingBarrier:

@@ -29,6 +29,7 @@ from corral.recipes._base import (
     ROOT,
     WAIT_TIMEOUT_S,
     Deadline,
+    Rewatcher,
     as_bytes,
     check_async_client,
     check_name,
@@ -108,7 +109,7 @@ class Config:
             WaitTimeout: `timeout` seconds passed without a change (None: no limit).
         """
         last: dict[str, bytes] | None = None
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         while True:
             kvs = await self._client.range(self._base)
             current = {kv.key[len(self._base) :]: kv.value for kv in kvs}
@@ -116,17 +117,13 @@ class Config:
                 yield current
                 last = current
             floor = floor_of(kvs) or await fence_revision(self._client)
-            try:
-                await wait_event(
-                    self._client,
-                    self._base,
-                    prefix=True,
-                    after=max(floor, compacted),
-                    deadline=Deadline(timeout, f"a change of config {self.name!r}"),
-                    stop=lambda event: True,
-                )
-            except Compacted as err:
-                compacted = err.compact_revision - 1
+            await rewatch.wait(
+                self._base,
+                prefix=True,
+                after=floor,
+                deadline=Deadline(timeout, f"a change of config {self.name!r}"),
+                stop=lambda event: True,
+            )
 
 
 class Rendezvous:

@@ -26,20 +26,20 @@ from dataclasses import dataclass
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
 from corral.client.sync import Client
-from corral.errors import Compacted, FailedPrecondition, LeaseExpired
+from corral.errors import FailedPrecondition, LeaseExpired
 from corral.model import Compare, CompareOp, CompareTarget, Event, EventKind, Put
 from corral.recipes._base import (
     DEFAULT_TTL_S,
     ROOT,
     WAIT_TIMEOUT_S,
     Deadline,
+    Rewatcher,
     as_bytes,
     check_async_client,
     check_name,
     fence_revision,
     floor_of,
     retry_conflicts,
-    wait_event,
 )
 from corral.recipes._blocking import iterate, run
 from corral.recipes._holding import LossGuard
@@ -176,7 +176,7 @@ class LeaderElection:
                 stream ends when the caller stops iterating).
         """
         last: Leader | str | None = "nothing yet"
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         while True:
             kvs = await self._client.range(self._base)
             queue = queue_of(kvs, self._base, ("",))
@@ -191,17 +191,13 @@ class LeaderElection:
                     return event.kind is EventKind.PUT
                 return event.kv.key == current.key  # our leader resigned, died or proclaimed
 
-            try:
-                await wait_event(
-                    self._client,
-                    self._base,
-                    prefix=True,
-                    after=max(floor, compacted),
-                    deadline=Deadline(timeout, f"a change of leader in {self._name!r}"),
-                    stop=changes_leader,
-                )
-            except Compacted as err:
-                compacted = err.compact_revision - 1
+            await rewatch.wait(
+                self._base,
+                prefix=True,
+                after=floor,
+                deadline=Deadline(timeout, f"a change of leader in {self._name!r}"),
+                stop=changes_leader,
+            )
 
 
 class BlockingLeaderElection:

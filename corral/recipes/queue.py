@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
 from corral.client.sync import Client
-from corral.errors import Compacted, Conflict, LeaseExpired
+from corral.errors import Conflict, LeaseExpired
 from corral.limits import RANGE_LIMIT_MAX
 from corral.model import Compare, CompareOp, CompareTarget, Delete, Event, EventKind, Put, TxnWrite, sequential_key
 from corral.recipes._base import (
@@ -46,6 +46,7 @@ from corral.recipes._base import (
     ROOT,
     WAIT_TIMEOUT_S,
     Deadline,
+    Rewatcher,
     as_bytes,
     backoff,
     check_async_client,
@@ -54,7 +55,6 @@ from corral.recipes._base import (
     floor_of,
     retry_conflicts,
     sequence_of,
-    wait_event,
 )
 from corral.recipes._blocking import run
 from corral.recipes._holding import LossGuard, SessionSlot
@@ -130,7 +130,7 @@ class Queue:
         session = await self._slot.get()
         if self._guard.watching is not session:
             self._guard.start(session)
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         contended = 0  # looks in a row in which a claim lost a race (Conflict)
         while True:
             # Claims first: the watch below starts from what this read reflects, and the items read
@@ -162,20 +162,17 @@ class Queue:
             contended = 0
             if floor == 0:
                 floor = self._floor = await fence_revision(self._client)
-            try:
-                await wait_event(
-                    self._client,
-                    self._base,
-                    prefix=True,
-                    after=max(floor, compacted),
-                    deadline=deadline,
-                    session=session,
-                    stop=self._work_appeared,
-                    on_event=self._seen,
-                )
+            woken = await rewatch.wait(
+                self._base,
+                prefix=True,
+                after=floor,
+                deadline=deadline,
+                session=session,
+                stop=self._work_appeared,
+                on_event=self._seen,
+            )
+            if woken is not None:
                 self.wakeups += 1
-            except Compacted as err:
-                compacted = err.compact_revision - 1
 
     def _work_appeared(self, event: Event) -> bool:
         """A new item, or a claim gone (an item given back, or its consumer's lease ended)."""

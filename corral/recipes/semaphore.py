@@ -26,7 +26,7 @@ from types import TracebackType
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
 from corral.client.sync import Client
-from corral.errors import Compacted, FailedPrecondition, InvalidArgument, LeaseExpired
+from corral.errors import FailedPrecondition, InvalidArgument, LeaseExpired
 from corral.model import (
     Compare,
     CompareOp,
@@ -43,12 +43,12 @@ from corral.recipes._base import (
     ROOT,
     WAIT_TIMEOUT_S,
     Deadline,
+    Rewatcher,
     as_bytes,
     check_async_client,
     check_name,
     floor_of,
     retry_conflicts,
-    wait_event,
 )
 from corral.recipes._blocking import run
 from corral.recipes._holding import LossGuard, SessionSlot
@@ -138,7 +138,7 @@ class Semaphore:
         # Become a holder and leave the queue at once, if our queue key is still ours.
         take = [Compare(queue_key, CompareTarget.CREATE_REVISION, CompareOp.EQUAL, queue_revision)]
         moves: list[TxnWrite] = [PutSequential(self._holders, self._value, session.lease_id), Delete(queue_key)]
-        compacted = 0
+        rewatch = Rewatcher(self._client)
         while True:
             holders = await self._client.range(self._holders)
             if len(holders) < self.n:
@@ -150,19 +150,15 @@ class Semaphore:
                     raise LeaseExpired(f"{self._what}: our queue key vanished: its lease ended or it was deleted")
                 return sequential_key(self._holders, result.revision), result.revision
             deadline.check()
-            try:
-                await wait_event(
-                    self._client,
-                    self._holders,
-                    prefix=True,
-                    after=max(floor_of(holders, queue_revision), compacted),
-                    deadline=deadline,
-                    session=session,
-                    stop=lambda event: event.kind is EventKind.DELETE,
-                    on_event=self._woken,
-                )
-            except Compacted as err:
-                compacted = err.compact_revision - 1
+            await rewatch.wait(
+                self._holders,
+                prefix=True,
+                after=floor_of(holders, queue_revision),
+                deadline=deadline,
+                session=session,
+                stop=lambda event: event.kind is EventKind.DELETE,
+                on_event=self._woken,
+            )
 
     def _woken(self, event: Event) -> None:
         if event.kind is EventKind.DELETE:

@@ -80,7 +80,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         )
         self.links = PeerLinks(
             node.name,
-            {n.name: n.address for n in config.nodes.values() if n.name != node.name},
+            config.peer_addresses(node.name),
             on_messages=self._on_peer_messages,
             on_unreachable=self._on_unreachable,
             faults=faults,

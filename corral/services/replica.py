@@ -94,7 +94,7 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         )
         self.links = PeerLinks(
             node.name,
-            {n.name: n.address for n in config.nodes.values() if n.name != node.name},
+            config.peer_addresses(node.name),
             on_messages=self._on_replies,
             on_unreachable=lambda dst, msgs: None,  # queries are repeated by the core's timer
             faults=faults,
