@@ -165,6 +165,11 @@ class Participant:
         self._fetch_from = 0
         self._join_sent_ms: int | None = None
         self._broken: str | None = None
+        # The earliest ask time of an undecided prepare, kept as prepares come (None: not known, work it
+        # out). It may be early once its holder is decided; an early wake only costs one tick, which
+        # works it out again.
+        self._ask_wake: int | None = None
+        self._ask_wake_known = False
         for rec in disk.prepared:
             # Recovered in doubt: ask at the first tick (asked_at_ms None), never decide alone.
             self._lock(_Prepared(rec.txid, rec.writes, rec.succeeded, rec.keys, rec.participants, now_ms))
@@ -237,6 +242,9 @@ class Participant:
             assert self._prepared[txid].decided_revision == rev
         if self.membership is not Membership.MEMBER:
             assert self.lease_until_ms == 0
+        if self._ask_wake_known:  # early is allowed, late would leave an in-doubt prepare unasked
+            undecided = [self._ask_time(p) for p in self._prepared.values() if p.decided_revision is None]
+            assert not undecided or (self._ask_wake is not None and self._ask_wake <= min(undecided))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -532,6 +540,7 @@ class Participant:
     # -- timers --------------------------------------------------------------------------------
 
     def _on_tick(self, out: EffectsBuilder, now_ms: int) -> None:
+        self._ask_wake_known = False
         if self.membership is Membership.MEMBER and now_ms >= self.lease_until_ms:
             self.lease_until_ms = 0  # expired: reads wait for the next grant
         if now_ms >= self._next_lease_request_ms:
@@ -573,6 +582,9 @@ class Participant:
             if key in self._locks:
                 raise Internal(f"key {key!r} locked by {format_txid(self._locks[key])} and {format_txid(p.txid)}")
         self._prepared[p.txid] = p
+        if self._ask_wake_known and p.decided_revision is None:
+            ask = self._ask_time(p)
+            self._ask_wake = ask if self._ask_wake is None else min(self._ask_wake, ask)
         for key in p.keys:
             self._locks[key] = p.txid
         for w in p.writes:
@@ -607,8 +619,13 @@ class Participant:
             self._forgotten_max = max(self._forgotten_max, old)
 
     def _next_wake(self) -> int | None:
-        times = [self._ask_time(p) for p in self._prepared.values() if p.decided_revision is None]
-        times.append(self._next_lease_request_ms)
+        if not self._ask_wake_known:
+            undecided = [self._ask_time(p) for p in self._prepared.values() if p.decided_revision is None]
+            self._ask_wake = min(undecided, default=None)
+            self._ask_wake_known = True
+        times = [self._next_lease_request_ms]
+        if self._ask_wake is not None:
+            times.append(self._ask_wake)
         if self.membership is Membership.MEMBER and self.lease_until_ms:
             times.append(self.lease_until_ms)
         if self.membership is Membership.OUTSIDE:

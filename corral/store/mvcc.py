@@ -158,8 +158,7 @@ class StoreTxn:
             elif old is not None:
                 rows.append((key, revision, 0, 0, b"", 0))
         db.executemany(f"INSERT INTO kv ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
-        db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
-        self.revision = revision
+        self.revision = revision  # written to `meta` once, when the transaction commits
         return Applied(revision, tuple(prev))
 
     def get(self, key: str) -> KeyValue | None:
@@ -174,7 +173,6 @@ class StoreTxn:
         """Move the revision forward with no writes (catch-up over revisions that changed nothing)."""
         if revision < self.revision:
             raise Internal(f"advance_to({revision}) below the store's revision {self.revision}")
-        self.connection.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
         self.revision = revision
 
 
@@ -233,6 +231,8 @@ class MVCCStore:
             self._db.execute("ROLLBACK")
             raise
         else:
+            if tx.revision != self._revision:
+                self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (tx.revision,))
             self._db.execute("COMMIT")
             self._revision = tx.revision
         finally:

@@ -49,11 +49,17 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('forgotten_max_txid', 0);
 
 
 class ReplicaBatch:
-    """Records written inside `ReplicaStorage.batch()`; durable together when the batch ends."""
+    """Records written inside `ReplicaStorage.batch()`; durable together when the batch ends.
+
+    Applies go to the store at once (later reads in the batch must see them); rows of the 2PC tables,
+    which nothing reads during a batch, are gathered and written with one statement per table."""
 
     def __init__(self, storage: ReplicaStorage, tx: StoreTxn) -> None:
         self._storage = storage
         self._tx = tx
+        self._prepared: list[tuple[int, int, bytes, bytes, bytes]] = []
+        self._settled: list[tuple[int]] = []  # txids whose prepared rows go
+        self._outcomes: list[tuple[int, int | None]] = []
 
     def read(self, keys: Sequence[str]) -> dict[str, KeyValue | None]:
         """Current state of `keys`, including commits applied earlier in this batch."""
@@ -64,30 +70,28 @@ class ReplicaBatch:
         return {lease: self._tx.keys_with_lease(lease) for lease in leases}
 
     def write(self, records: Sequence[Record]) -> None:
-        db = self._tx.connection
         for rec in records:
             if isinstance(rec, PreparedRecord):
-                db.execute(
-                    "INSERT INTO prepared (txid, succeeded, keys, writes, participants) VALUES (?, ?, ?, ?, ?)",
+                self._prepared.append(
                     (
                         rec.txid,
                         int(rec.succeeded),
                         encode_keys(rec.keys),
                         encode_writes(rec.writes),
                         encode_keys(rec.participants),
-                    ),
+                    )
                 )
             elif isinstance(rec, CommittedRecord):
                 if rec.revision != self._tx.revision + 1:
                     raise Internal(f"commit at revision {rec.revision}, but the replica is at {self._tx.revision}")
                 self._tx.apply(rec.writes, revision=rec.revision)
-                db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
-                db.execute("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, ?)", (rec.txid, rec.revision))
+                self._settled.append((rec.txid,))
+                self._outcomes.append((rec.txid, rec.revision))
             elif isinstance(rec, AbortedRecord):
-                db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
-                db.execute("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, NULL)", (rec.txid,))
+                self._settled.append((rec.txid,))
+                self._outcomes.append((rec.txid, None))
             elif isinstance(rec, DiscardedRecord):
-                db.execute("DELETE FROM prepared WHERE txid = ?", (rec.txid,))
+                self._settled.append((rec.txid,))
             elif isinstance(rec, CaughtUpRecord):
                 for revision, writes in rec.revisions:
                     if revision > self._tx.revision:
@@ -95,12 +99,30 @@ class ReplicaBatch:
                 if rec.through_revision > self._tx.revision:
                     self._tx.advance_to(rec.through_revision)
             elif isinstance(rec, ForgottenRecord):
+                self.flush()  # its deletes must follow the outcomes written before it
+                db = self._tx.connection
                 db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'forgotten_max_txid'", (rec.txid,))
                 if rec.drop_outcomes:
                     db.execute("DELETE FROM outcomes WHERE txid <= ?", (rec.txid,))
             else:
                 raise Internal(f"a replica cannot persist {type(rec).__name__}")
             self._storage._writes_since_trim += 1
+
+    def flush(self) -> None:
+        """Write the gathered 2PC rows, in the order they can depend on: prepare, settle, outcome."""
+        db = self._tx.connection
+        if self._prepared:
+            db.executemany(
+                "INSERT INTO prepared (txid, succeeded, keys, writes, participants) VALUES (?, ?, ?, ?, ?)",
+                self._prepared,
+            )
+            self._prepared.clear()
+        if self._settled:
+            db.executemany("DELETE FROM prepared WHERE txid = ?", self._settled)
+            self._settled.clear()
+        if self._outcomes:
+            db.executemany("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, ?)", self._outcomes)
+            self._outcomes.clear()
 
 
 class ReplicaStorage:
@@ -186,7 +208,9 @@ class ReplicaStorage:
     def batch(self) -> Iterator[ReplicaBatch]:
         """One durable group of records: everything written inside is fsynced once, at the end."""
         with self.store.transaction() as tx:
-            yield ReplicaBatch(self, tx)
+            batch = ReplicaBatch(self, tx)
+            yield batch
+            batch.flush()
             if self._writes_since_trim >= self._outcomes_max // 10 + 1:
                 self._trim(tx)
 
