@@ -88,6 +88,8 @@ class NodeStatus:
     fsyncs: int = 0  # since the node started: group commit makes these far fewer than commits
     batches_received: int = 0  # peer batches since the node started
     messages_received: int = 0  # protocol messages in those batches
+    reads_served: int = 0  # replica: reads answered since it started
+    watches_open: int = 0  # replica: watch streams it serves now
     error: str = ""
 
 
@@ -493,6 +495,8 @@ class AsyncClient:
                 s.fsyncs,
                 s.batches_received,
                 s.messages_received,
+                s.reads_served,
+                s.watches_open,
             )
 
         return list(await asyncio.gather(*(one(*n) for n in self.endpoints.nodes)))

@@ -1344,6 +1344,8 @@ class StatusResponse(_message.Message):
     FSYNCS_FIELD_NUMBER: _builtins.int
     BATCHES_RECEIVED_FIELD_NUMBER: _builtins.int
     MESSAGES_RECEIVED_FIELD_NUMBER: _builtins.int
+    READS_SERVED_FIELD_NUMBER: _builtins.int
+    WATCHES_OPEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     """coordinator | replica"""
@@ -1373,6 +1375,10 @@ class StatusResponse(_message.Message):
     """peer batches received since start (each carries many messages)"""
     messages_received: _builtins.int
     """protocol messages in those batches"""
+    reads_served: _builtins.int
+    """replica: reads answered with data since start (clients spread them)"""
+    watches_open: _builtins.int
+    """replica: watch streams it is serving now"""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
         """the cluster as this node knows it (the coordinator: every node)"""
@@ -1402,10 +1408,12 @@ class StatusResponse(_message.Message):
         fsyncs: _builtins.int = ...,
         batches_received: _builtins.int = ...,
         messages_received: _builtins.int = ...,
+        reads_served: _builtins.int = ...,
+        watches_open: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_received", b"batches_received", "digest", b"digest", "epoch", b"epoch", "fsyncs", b"fsyncs", "joining", b"joining", "lease_valid", b"lease_valid", "locked_keys", b"locked_keys", "members", b"members", "membership", b"membership", "messages_received", b"messages_received", "name", b"name", "pid", b"pid", "prepared", b"prepared", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s", "view", b"view", "view_members", b"view_members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_received", b"batches_received", "digest", b"digest", "epoch", b"epoch", "fsyncs", b"fsyncs", "joining", b"joining", "lease_valid", b"lease_valid", "locked_keys", b"locked_keys", "members", b"members", "membership", b"membership", "messages_received", b"messages_received", "name", b"name", "pid", b"pid", "prepared", b"prepared", "reads_served", b"reads_served", "revision", b"revision", "role", b"role", "uptime_s", b"uptime_s", "view", b"view", "view_members", b"view_members", "watches_open", b"watches_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,6 +102,8 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         )
         self.ticker = Ticker(node.name, self._on_tick)
         self._changed = asyncio.Event()  # set (and replaced) after every batch: wakes waiting reads
+        self.reads_served = 0  # for Status: shows how clients spread their reads
+        self.watches_open = 0
 
     async def start(self) -> None:
         self.ticker.start()
@@ -253,25 +255,29 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             yield pb.WatchResponse(error=error_to_pb(err))
             return
         next_revision = start or store.revision + 1
-        while True:
-            changed = self._changed
-            head = store.revision
-            if head < next_revision:
+        self.watches_open += 1
+        try:
+            while True:
+                changed = self._changed
+                head = store.revision
+                if head < next_revision:
+                    try:
+                        await asyncio.wait_for(changed.wait(), WATCH_PROGRESS_S)
+                    except TimeoutError:
+                        yield pb.WatchResponse(revision=next_revision - 1)
+                    continue
+                end = min(head, next_revision + WATCH_REVISIONS_MAX - 1)
                 try:
-                    await asyncio.wait_for(changed.wait(), WATCH_PROGRESS_S)
-                except TimeoutError:
-                    yield pb.WatchResponse(revision=next_revision - 1)
-                continue
-            end = min(head, next_revision + WATCH_REVISIONS_MAX - 1)
-            try:
-                events = store.changes(next_revision, prefix=key, end_revision=end)
-            except CorralError as err:
-                yield pb.WatchResponse(error=error_to_pb(err))
-                return
-            if not request.prefix:
-                events = [e for e in events if e.kv.key == key]
-            yield pb.WatchResponse(events=[event_to_pb(e, with_prev=request.prev_kv) for e in events], revision=end)
-            next_revision = end + 1
+                    events = store.changes(next_revision, prefix=key, end_revision=end)
+                except CorralError as err:
+                    yield pb.WatchResponse(error=error_to_pb(err))
+                    return
+                if not request.prefix:
+                    events = [e for e in events if e.kv.key == key]
+                yield pb.WatchResponse(events=[event_to_pb(e, with_prev=request.prev_kv) for e in events], revision=end)
+                next_revision = end + 1
+        finally:
+            self.watches_open -= 1
 
     async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeResponse:
         action = self.faults.hit("replica.read")
@@ -335,6 +341,7 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         else:
             kv = store.get(request.key, revision=revision)
             kvs, more = ([kv] if kv else []), False
+        self.reads_served += 1
         return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in kvs], revision=revision or store.revision, more=more)
 
     async def _wait_for_lease(self, timeout_s: float) -> None:
@@ -391,6 +398,8 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             fsyncs=self.wal.fsyncs,
             batches_received=self.batches_received,
             messages_received=self.messages_received,
+            reads_served=self.reads_served,
+            watches_open=self.watches_open,
         )
 
     async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:

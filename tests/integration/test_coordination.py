@@ -137,8 +137,8 @@ def test_sequential_keys_are_unique_and_ordered_under_concurrency(cluster: Local
 
 
 def test_watch_is_ordered_gapless_and_resumes_on_another_replica(cluster: LocalCluster) -> None:
-    """Events arrive in revision order with no gaps or duplicates; when replicas die the watch resumes
-    elsewhere by itself."""
+    """Events arrive in revision order with no gaps or duplicates; when the replica serving the watch
+    dies (twice), the watch resumes elsewhere by itself."""
 
     async def scenario() -> None:
         client = await connect_async(cluster.path, timeout=10)
@@ -153,15 +153,29 @@ def test_watch_is_ordered_gapless_and_resumes_on_another_replica(cluster: LocalC
                 if len(seen) == total:
                     return
 
+        async def serving() -> str:
+            """The one replica serving the watch (a killed one cannot answer, so after a kill this is
+            a new stream)."""
+            deadline = asyncio.get_running_loop().time() + 30
+            while asyncio.get_running_loop().time() < deadline:
+                open_on = [s.name for s in await writer.status() if s.up and s.watches_open > 0]
+                if len(open_on) == 1:
+                    return open_on[0]
+                await asyncio.sleep(0.05)  # polling the status, with a deadline
+            raise AssertionError("no single replica reported serving the watch within 30 s")
+
         task = asyncio.create_task(watch())
+        served_by = [await serving()]
         for i in range(total):
             await writer.put(f"/w/n{i % 7}", str(i))
             if i in (40, 100):
-                victim = cluster.replicas[i // 50]
+                victim = served_by[-1]
                 cluster.kill(victim)
+                served_by.append(await serving())  # the watch resumed: another stream is open
                 cluster.start(victim, wait=False)
         await asyncio.wait_for(task, 60)
         assert seen == list(range(total))
+        assert len(served_by) == 3 and served_by[0] != served_by[1] and served_by[1] != served_by[2]
         await client.close()
         await writer.close()
 

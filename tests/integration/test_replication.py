@@ -305,3 +305,19 @@ def test_retry_after_lost_reply_applies_once(cluster: LocalCluster) -> None:
         kv = c.get("counter")
     assert kv is not None and kv.value == b"1" and kv.version == 2  # created, then one increment
     assert kv.mod_revision == increment.revision
+
+
+def test_reads_spread_over_every_replica(cluster: LocalCluster) -> None:
+    """A client picks a random replica per read: every replica serves a fair share (each answers
+    reads, so read capacity grows with replicas). 300 reads: each replica's expected 100; the bound
+    (40) is more than 7 standard deviations below it."""
+    with cluster.client(timeout=10) as c:
+        c.put("/spread/k", "v")
+        before = {n: s.reads_served for n, s in cluster.status().items() if s.role == "replica"}
+        for _ in range(300):
+            kv = c.get("/spread/k")
+            assert kv is not None and kv.value == b"v"
+        after = {n: s.reads_served for n, s in cluster.status().items() if s.role == "replica"}
+    served = {n: after[n] - before[n] for n in before}
+    assert sum(served.values()) == 300, served
+    assert min(served.values()) >= 40, served
