@@ -105,3 +105,5 @@ FROZEN_REQUESTS_MAX = 10_000
 # Revisions (and bytes of values) in one catch-up reply; the joiner asks again for the rest.
 FETCH_REVISIONS_MAX = 2000
 FETCH_BYTES_MAX = 8 * MIB
+# Keys in one page of a snapshot (what a joiner gets once the history it misses is compacted).
+SNAPSHOT_KEYS_MAX = 1000

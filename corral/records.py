@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from corral.model import PreparedWrite, Write
+from corral.model import KeyValue, PreparedWrite, Write
 
 TxId = int
 
@@ -119,6 +119,18 @@ class CaughtUpRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPageRecord:
+    """Replica (catching up past a member's compacted history): stage one page of the member's state at
+    `revision` (`first` clears what an abandoned snapshot staged); at the `last` page, the staged state
+    replaces the whole store, at `revision`, with no history below it."""
+
+    revision: int
+    kvs: tuple[KeyValue, ...]
+    first: bool
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DiscardedRecord:
     """Replica (outside the view): drop an in-doubt PREPARED record without applying it; catching up
     brings its effect if it committed. No outcome is recorded."""
@@ -146,6 +158,7 @@ Record = (
     | CommittedRecord
     | AbortedRecord
     | CaughtUpRecord
+    | SnapshotPageRecord
     | DiscardedRecord
     | ForgottenRecord
 )

@@ -297,6 +297,28 @@ class FetchReply:
     error: ErrorInfo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """To a member, from a replica whose missing history that member has compacted: one page of the
+    whole state at `revision` (0: the member's current one), the live keys after `after_key` (served
+    by the shell from the store, not by the core)."""
+
+    revision: int
+    after_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    """Live keys of the state at `revision` after `after_key`, in key order; `more` until the last
+    page. `error` when the member cannot serve that state (not a member, or compacted past it)."""
+
+    revision: int
+    after_key: str
+    kvs: tuple[KeyValue, ...]
+    more: bool
+    error: ErrorInfo | None = None
+
+
 Message = (
     Prepare
     | Commit
@@ -313,6 +335,8 @@ Message = (
     | CaughtUp
     | FetchRequest
     | FetchReply
+    | SnapshotRequest
+    | SnapshotPage
 )
 
 

@@ -80,12 +80,14 @@ from corral.core.messages import (
     Received,
     ResolveReply,
     ResolveRequest,
+    SnapshotPage,
+    SnapshotRequest,
     Tick,
     Unreachable,
     Vote,
     writes_digest,
 )
-from corral.errors import Internal, InvalidArgument, Unavailable
+from corral.errors import Compacted, Internal, InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Limits, Timeouts
 from corral.model import SEQUENTIAL_DIGITS, PreparedWrite, Put, PutSequential
 from corral.records import (
@@ -96,6 +98,7 @@ from corral.records import (
     ForgottenRecord,
     ParticipantDisk,
     PreparedRecord,
+    SnapshotPageRecord,
     TxId,
     format_txid,
 )
@@ -118,6 +121,14 @@ class _Prepared:
     asked_at_ms: int | None = None
     coordinator_answered_ms: int | None = None
     decided_revision: int | None = None
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    peer: NodeName
+    revision: int = 0
+    after_key: str = ""
+    sent_ms: int | None = None
 
 
 class Participant:
@@ -164,6 +175,9 @@ class Participant:
         self._fetch_sent_ms: int | None = None
         self._fetch_from = 0
         self._join_sent_ms: int | None = None
+        # Catching up past a member's compacted history: the member, the state's revision (0: not
+        # known yet), the last key received, when the last page was asked for.
+        self._snapshot: _Snapshot | None = None
         self._broken: str | None = None
         # The earliest ask time of an undecided prepare, kept as prepares come (None: not known, work it
         # out). It may be early once its holder is decided; an early wake only costs one tick, which
@@ -188,6 +202,13 @@ class Participant:
             elif isinstance(event, Unreachable):
                 if any(isinstance(m, FetchRequest) for m in event.msgs):
                     self._fetch_sent_ms = None  # ask another member at the next tick
+                snap = self._snapshot
+                if (
+                    snap is not None
+                    and snap.peer == event.dst
+                    and any(isinstance(m, SnapshotRequest) for m in event.msgs)
+                ):
+                    self._snapshot = self._restart_snapshot(event.dst, now_ms)
             else:
                 raise Internal(f"participant got unexpected event {type(event).__name__}")
         except Internal as err:
@@ -268,6 +289,8 @@ class Participant:
             self._on_join_ready(out, msg, now_ms)
         elif isinstance(msg, FetchReply):
             self._on_fetch_reply(out, src, msg, now_ms)
+        elif isinstance(msg, SnapshotPage):
+            self._on_snapshot_page(out, src, msg, now_ms)
         else:
             self.log.warning("replica=%s ignored unexpected %s from %s", self.node, type(msg).__name__, src)
 
@@ -455,6 +478,7 @@ class Participant:
             self.log.info("replica=%s is a member of view %d", self.node, msg.view)
         self.view, self.members = msg.view, msg.members
         self.membership = Membership.MEMBER
+        self._snapshot = None
         self._join_target = None
         self._join_sent_ms = None
         if msg.request_ms:
@@ -490,10 +514,15 @@ class Participant:
             return  # a late answer to a fetch made while catching up
         self._fetch_sent_ms = None
         if msg.error is not None:
+            if msg.error.code == Compacted.code:
+                # The history we miss is gone there: take the member's whole state instead.
+                self.log.warning("replica=%s catching up from a snapshot of %s: %s", self.node, src, msg.error.message)
+                self._snapshot = _Snapshot(src)
+                self._progress_rejoin(out, now_ms)
+                return
             # Unavailable: the peer is not a member (just restarted, or left the view); the next tick asks
-            # another. Anything else (its history is compacted) needs an operator.
-            level = logging.WARNING if msg.error.code == Unavailable.code else logging.ERROR
-            self.log.log(level, "replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
+            # another.
+            self.log.warning("replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
             return
         if self._fetch_from != self.applied_revision + 1:
             return  # an answer to an older request
@@ -510,9 +539,52 @@ class Participant:
         self._apply_in_order(out)
         self._progress_rejoin(out, now_ms)
 
+    def _on_snapshot_page(self, out: EffectsBuilder, src: NodeName, msg: SnapshotPage, now_ms: int) -> None:
+        snap = self._snapshot
+        if self.membership is not Membership.OUTSIDE or snap is None or src != snap.peer:
+            return  # late, or from a snapshot given up
+        if msg.after_key != snap.after_key or (snap.revision and msg.revision != snap.revision):
+            return  # an answer to an older request
+        snap.sent_ms = None
+        if msg.error is not None or msg.revision <= self.applied_revision:
+            # The member cannot serve that state (no longer a member, or compacted past it): start over
+            # from another member's current state.
+            reason = msg.error.message if msg.error is not None else f"its state is at {msg.revision}"
+            self.log.warning("replica=%s snapshot from %s abandoned: %s", self.node, src, reason)
+            self._snapshot = self._restart_snapshot(src, now_ms)
+            self._progress_rejoin(out, now_ms)
+            return
+        first = snap.revision == 0
+        snap.revision = msg.revision
+        out.persist.append(SnapshotPageRecord(msg.revision, msg.kvs, first, not msg.more))
+        if msg.more:
+            if msg.kvs:
+                snap.after_key = msg.kvs[-1].key
+            self._progress_rejoin(out, now_ms)
+            return
+        self.log.info("replica=%s installed a snapshot of %s at revision %d", self.node, src, msg.revision)
+        self._snapshot = None
+        self.applied_revision = msg.revision
+        self._level_with_peer = False  # fetch what came after the snapshot
+        for rev in [r for r in self._decided if r <= self.applied_revision]:
+            self._discard(out, self._prepared[self._decided.pop(rev)])
+        self._apply_in_order(out)
+        self._progress_rejoin(out, now_ms)
+
+    def _restart_snapshot(self, failed: NodeName, now_ms: int) -> _Snapshot:
+        """A new snapshot, from the start, from another member than the one that failed."""
+        others = [m for m in self.members if m != failed] or list(self.members) or [failed]
+        return _Snapshot(others[now_ms % len(others)])
+
     def _progress_rejoin(self, out: EffectsBuilder, now_ms: int) -> None:
         """While outside: fetch until level with a member, then Join; once JoinReady, report CaughtUp."""
         if self.membership is not Membership.OUTSIDE or not self.members:
+            return
+        snap = self._snapshot
+        if snap is not None:
+            if snap.sent_ms is None or now_ms - snap.sent_ms >= self.timeouts.resolve_interval_ms:
+                snap.sent_ms = now_ms
+                out.send.append(Envelope(snap.peer, SnapshotRequest(snap.revision, snap.after_key)))
             return
         target = self._join_target
         # A commit decided above what we applied (waiting for order) is history a member has or will have:
@@ -631,6 +703,8 @@ class Participant:
         if self.membership is Membership.OUTSIDE:
             if self._fetch_sent_ms is not None:
                 times.append(self._fetch_sent_ms + self.timeouts.resolve_interval_ms)
+            if self._snapshot is not None and self._snapshot.sent_ms is not None:
+                times.append(self._snapshot.sent_ms + self.timeouts.resolve_interval_ms)
             if self._join_sent_ms is not None and self._join_target is None and self._level_with_peer:
                 # Only while joining is the next step: a timer left from an earlier Join, once past,
                 # would have the shell tick in a loop while a fetch is still unanswered.

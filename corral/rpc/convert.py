@@ -29,6 +29,8 @@ from corral.core.messages import (
     Prepare,
     ResolveReply,
     ResolveRequest,
+    SnapshotPage,
+    SnapshotRequest,
     TxnSpec,
     Vote,
 )
@@ -214,6 +216,15 @@ def message_to_pb(msg: Message) -> pb.PeerMessage:
         return pb.PeerMessage(caught_up=pb.CaughtUp(applied_revision=msg.applied_revision))
     if isinstance(msg, FetchRequest):
         return pb.PeerMessage(fetch_request=pb.FetchRequest(from_revision=msg.from_revision))
+    if isinstance(msg, SnapshotRequest):
+        return pb.PeerMessage(snapshot_request=pb.SnapshotRequest(revision=msg.revision, after_key=msg.after_key))
+    if isinstance(msg, SnapshotPage):
+        page = pb.SnapshotPage(
+            revision=msg.revision, after_key=msg.after_key, kvs=[kv_to_pb(kv) for kv in msg.kvs], more=msg.more
+        )
+        if msg.error is not None:
+            page.error.CopyFrom(error_to_pb(msg.error))
+        return pb.PeerMessage(snapshot_page=page)
     reply = pb.FetchReply(
         revisions=revisions_to_pb(msg.revisions), through_revision=msg.through_revision, complete=msg.complete
     )
@@ -259,6 +270,12 @@ def message_from_pb(m: pb.PeerMessage) -> Message:
         revisions = tuple((r.revision, tuple(stored_write_from_pb(w) for w in r.writes)) for r in f.revisions)
         error = error_from_pb(f.error) if f.HasField("error") else None
         return FetchReply(revisions, f.through_revision, f.complete, error)
+    if which == "snapshot_request":
+        return SnapshotRequest(m.snapshot_request.revision, m.snapshot_request.after_key)
+    if which == "snapshot_page":
+        sp = m.snapshot_page
+        error = error_from_pb(sp.error) if sp.HasField("error") else None
+        return SnapshotPage(sp.revision, sp.after_key, tuple(kv_from_pb(kv) for kv in sp.kvs), sp.more, error)
     raise InvalidArgument("empty peer message")
 
 

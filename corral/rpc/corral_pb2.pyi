@@ -1178,6 +1178,65 @@ class FetchReply(_message.Message):
 Global___FetchReply: _TypeAlias = FetchReply  # noqa: Y015
 
 @_typing.final
+class SnapshotRequest(_message.Message):
+    """To a member, from a replica whose missing history it compacted: a page of its whole state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    AFTER_KEY_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """0: the member's current revision"""
+    after_key: _builtins.str
+    """live keys after this one, in key order"""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        after_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_key", b"after_key", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotRequest: _TypeAlias = SnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotPage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    AFTER_KEY_FIELD_NUMBER: _builtins.int
+    KVS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    after_key: _builtins.str
+    more: _builtins.bool
+    @_builtins.property
+    def kvs(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]: ...
+    @_builtins.property
+    def error(self) -> Global___Error: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        after_key: _builtins.str = ...,
+        kvs: _abc.Iterable[Global___KeyValue] | None = ...,
+        more: _builtins.bool = ...,
+        error: Global___Error | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_key", b"after_key", "error", b"error", "kvs", b"kvs", "more", b"more", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotPage: _TypeAlias = SnapshotPage  # noqa: Y015
+
+@_typing.final
 class PeerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1196,6 +1255,8 @@ class PeerMessage(_message.Message):
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
     FETCH_REQUEST_FIELD_NUMBER: _builtins.int
     FETCH_REPLY_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_REQUEST_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def prepare(self) -> Global___Prepare: ...
     @_builtins.property
@@ -1226,6 +1287,10 @@ class PeerMessage(_message.Message):
     def fetch_request(self) -> Global___FetchRequest: ...
     @_builtins.property
     def fetch_reply(self) -> Global___FetchReply: ...
+    @_builtins.property
+    def snapshot_request(self) -> Global___SnapshotRequest: ...
+    @_builtins.property
+    def snapshot_page(self) -> Global___SnapshotPage: ...
     def __init__(
         self,
         *,
@@ -1244,12 +1309,14 @@ class PeerMessage(_message.Message):
         caught_up: Global___CaughtUp | None = ...,
         fetch_request: Global___FetchRequest | None = ...,
         fetch_reply: Global___FetchReply | None = ...,
+        snapshot_request: Global___SnapshotRequest | None = ...,
+        snapshot_page: Global___SnapshotPage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "caught_up", b"caught_up", "commit", b"commit", "fetch_reply", b"fetch_reply", "fetch_request", b"fetch_request", "join", b"join", "join_ready", b"join_ready", "lease_grant", b"lease_grant", "lease_request", b"lease_request", "msg", b"msg", "not_member", b"not_member", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "vote", b"vote"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "caught_up", b"caught_up", "commit", b"commit", "fetch_reply", b"fetch_reply", "fetch_request", b"fetch_request", "join", b"join", "join_ready", b"join_ready", "lease_grant", b"lease_grant", "lease_request", b"lease_request", "msg", b"msg", "not_member", b"not_member", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "snapshot_page", b"snapshot_page", "snapshot_request", b"snapshot_request", "vote", b"vote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "caught_up", b"caught_up", "commit", b"commit", "fetch_reply", b"fetch_reply", "fetch_request", b"fetch_request", "join", b"join", "join_ready", b"join_ready", "lease_grant", b"lease_grant", "lease_request", b"lease_request", "msg", b"msg", "not_member", b"not_member", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "vote", b"vote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "ack", b"ack", "caught_up", b"caught_up", "commit", b"commit", "fetch_reply", b"fetch_reply", "fetch_request", b"fetch_request", "join", b"join", "join_ready", b"join_ready", "lease_grant", b"lease_grant", "lease_request", b"lease_request", "msg", b"msg", "not_member", b"not_member", "prepare", b"prepare", "resolve_reply", b"resolve_reply", "resolve_request", b"resolve_request", "snapshot_page", b"snapshot_page", "snapshot_request", b"snapshot_request", "vote", b"vote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["prepare", "commit", "abort", "vote", "ack", "resolve_request", "resolve_reply", "lease_request", "lease_grant", "not_member", "join", "join_ready", "caught_up", "fetch_request", "fetch_reply"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["prepare", "commit", "abort", "vote", "ack", "resolve_request", "resolve_reply", "lease_request", "lease_grant", "not_member", "join", "join_ready", "caught_up", "fetch_request", "fetch_reply", "snapshot_request", "snapshot_page"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

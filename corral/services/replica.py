@@ -26,18 +26,16 @@ from corral.core.messages import (
     Abort,
     Commit,
     Envelope,
-    ErrorInfo,
     Event,
-    FetchReply,
     FetchRequest,
     Message,
     Prepare,
     Received,
+    SnapshotRequest,
     Tick,
 )
 from corral.core.twopc_participant import Membership, Participant
 from corral.errors import CorralError, Internal, InvalidArgument, Unavailable
-from corral.limits import FETCH_BYTES_MAX, FETCH_REVISIONS_MAX
 from corral.model import validate_key, validate_prefix, validate_revision
 from corral.records import CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
@@ -54,6 +52,7 @@ from corral.services.base import (
     fail_stop,
     now_ms,
 )
+from corral.services.catch_up import serve_catch_up
 from corral.services.failpoints import Failpoints
 from corral.services.links import PeerLinks
 from corral.store.durability import WalSync
@@ -130,9 +129,9 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             with self.storage.batch() as batch:
                 for event in events:
                     ev = event
-                    if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest):
-                        # History is served by the shell from the store; the core is not involved.
-                        sends.append(Envelope(ev.src, self._fetch(ev.msg)))
+                    if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest | SnapshotRequest):
+                        # Catch-up is served by the shell from the store; the core is not involved.
+                        sends.append(Envelope(ev.src, serve_catch_up(self.core, self.storage, ev.msg)))
                         continue
                     if isinstance(ev, Received):
                         name = _STEP_FAILPOINT.get(type(ev.msg))
@@ -181,19 +180,6 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
 
         self.releaser.release(ticket, act)
         return answer
-
-    def _fetch(self, req: FetchRequest) -> FetchReply:
-        """Committed revisions for a replica catching up; only a member's history is complete."""
-        if self.core.membership is not Membership.MEMBER:
-            err = Unavailable(f"{self.node.name} is not a member of the view; fetch from a member")
-            return FetchReply((), 0, False, ErrorInfo.of(err))
-        try:
-            revisions, through, complete = self.storage.fetch(
-                req.from_revision, revisions_max=FETCH_REVISIONS_MAX, bytes_max=FETCH_BYTES_MAX
-            )
-        except CorralError as err:
-            return FetchReply((), 0, False, ErrorInfo.of(err))
-        return FetchReply(revisions, through, complete)
 
     def _on_tick(self) -> None:
         self._process(None, [Tick()])

@@ -61,6 +61,8 @@ from corral.core.messages import (
     Prepare,
     ResolveReply,
     ResolveRequest,
+    SnapshotPage,
+    SnapshotRequest,
     TxnResult,
     TxnSpec,
     Vote,
@@ -144,6 +146,12 @@ def describe(item: object) -> str:
             return f"fetch-reply error={item.error.code}"
         revs = ",".join(str(r) for r, _ in item.revisions)
         return f"fetch-reply revisions={revs} through={item.through_revision} complete={item.complete}"
+    if isinstance(item, SnapshotRequest):
+        return f"snapshot-request revision={item.revision} after={item.after_key!r}"
+    if isinstance(item, SnapshotPage):
+        if item.error is not None:
+            return f"snapshot-page error={item.error.code}"
+        return f"snapshot-page revision={item.revision} after={item.after_key!r} keys={len(item.kvs)} more={item.more}"
     if isinstance(item, ClientTxn):
         return f"request={item.request_id} client={item.client_id} seq={item.seq} txn {_describe_txn(item.txn)}"
     if isinstance(item, ClientReply):

@@ -37,15 +37,16 @@ from corral.core.messages import (
     Envelope,
     ErrorInfo,
     Event,
-    FetchReply,
     FetchRequest,
     Prepare,
     Received,
+    SnapshotRequest,
 )
 from corral.core.twopc_coordinator import Coordinator
 from corral.core.twopc_participant import Membership, Participant
-from corral.errors import CorralError, Unavailable
+from corral.errors import Unavailable
 from corral.records import Record
+from corral.services.catch_up import serve_catch_up
 from corral.sim.network import NodeClock, ReadReply, ReadRequest
 from corral.store.decision_log import DecisionLog
 from corral.store.replica_log import ReplicaBatch, ReplicaStorage
@@ -153,8 +154,10 @@ def replica_batch(
     with contextlib.ExitStack() as stack:
         batch: ReplicaBatch | None = None
         for ev in events:
-            if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest):
-                out.append(Envelope(ev.src, fetch(core, storage, ev.msg, *fetch_bounds)))
+            if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest | SnapshotRequest):
+                revisions_max, bytes_max = fetch_bounds
+                reply = serve_catch_up(core, storage, ev.msg, revisions_max=revisions_max, bytes_max=bytes_max)
+                out.append(Envelope(ev.src, reply))
                 continue
             event = ev
             if isinstance(ev, Received) and isinstance(ev.msg, Prepare):
@@ -173,22 +176,6 @@ def replica_batch(
             out.extend(eff.send)
             wake, stepped = eff.wake_at_ms, True
     return Effects(tuple(persisted), (), tuple(out), (), wake), stepped
-
-
-def fetch(
-    core: Participant, storage: ReplicaStorage, req: FetchRequest, revisions_max: int, bytes_max: int
-) -> FetchReply:
-    """Committed history for a replica catching up; only a member's history is complete."""
-    if core.membership is not Membership.MEMBER:
-        err = Unavailable(f"{core.node} is not a member of the view; fetch from a member")
-        return FetchReply((), 0, False, ErrorInfo.of(err))
-    try:
-        revisions, through, complete = storage.fetch(
-            req.from_revision, revisions_max=revisions_max, bytes_max=bytes_max
-        )
-    except CorralError as err:
-        return FetchReply((), 0, False, ErrorInfo.of(err))
-    return FetchReply(revisions, through, complete)
 
 
 def serve_reads(node: SimNode, now_virtual: int) -> list[tuple[PendingRead, ReadReply]]:

@@ -64,6 +64,14 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revis
 """
 
 _COLUMNS = "key, mod_revision, create_revision, version, value, lease"
+# The kv table's shape, for tables that stage rows for it (a snapshot being received).
+KV_COLUMNS_SQL = """
+    key BLOB NOT NULL,
+    mod_revision INTEGER NOT NULL,
+    create_revision INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    lease INTEGER NOT NULL"""
 _Row = tuple[bytes, int, int, int, bytes, int]
 
 
@@ -113,6 +121,7 @@ class StoreTxn:
         self._store = store
         self.revision = store.revision
         self.connection = store._db
+        self.compact_revision = store.compact_revision
 
     def apply(self, writes: Sequence[PreparedWrite], *, revision: int | None = None) -> Applied:
         """Apply `writes` atomically at `revision` (default: the next one).
@@ -160,6 +169,21 @@ class StoreTxn:
         db.executemany(f"INSERT INTO kv ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
         self.revision = revision  # written to `meta` once, when the transaction commits
         return Applied(revision, tuple(prev))
+
+    def replace_with(self, table: str, revision: int) -> None:
+        """Make the rows of `table` (a table of this file with the store's columns, holding live keys)
+        the whole store, as the state at `revision`, with no history below it: a replica catching up
+        from a member's snapshot.
+
+        Raises:
+            Internal: `revision` is not ahead of this store.
+        """
+        if revision <= self.revision:
+            raise Internal(f"snapshot at revision {revision}, but the store is already at {self.revision}")
+        db = self.connection
+        db.execute("DELETE FROM kv")
+        db.execute(f"INSERT INTO kv ({_COLUMNS}) SELECT {_COLUMNS} FROM {table}")
+        self.revision = self.compact_revision = revision
 
     def get(self, key: str) -> KeyValue | None:
         """The key's state as of this transaction (including its own earlier applies)."""
@@ -233,8 +257,11 @@ class MVCCStore:
         else:
             if tx.revision != self._revision:
                 self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (tx.revision,))
+            if tx.compact_revision != self._compact_revision:
+                self._db.execute("UPDATE meta SET value = ? WHERE name = 'compact_revision'", (tx.compact_revision,))
             self._db.execute("COMMIT")
             self._revision = tx.revision
+            self._compact_revision = tx.compact_revision
         finally:
             self._in_txn = False
 
@@ -341,6 +368,33 @@ class MVCCStore:
             sql += " LIMIT :limit"
             params["limit"] = limit
         return [_kv(row) for row in self._db.execute(sql, params)]
+
+    def snapshot_page(
+        self, revision: int, after_key: str, *, keys_max: int, bytes_max: int
+    ) -> tuple[int, list[KeyValue], bool]:
+        """One page of the whole live state at `revision` (0: now): (the revision, the live keys after
+        `after_key` in key order, whether more follow). At most `keys_max` keys, and about `bytes_max`.
+
+        Raises:
+            InvalidArgument: a revision in the future.
+            Compacted: a revision below the compaction point.
+        """
+        at = self._read_revision(revision)
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM (SELECT key, MAX(mod_revision) AS mod_revision, create_revision, "
+            "version, value, lease FROM kv WHERE key > :after AND mod_revision <= :at GROUP BY key) "
+            "WHERE version > 0 ORDER BY key LIMIT :limit",
+            {"after": after_key.encode("utf-8"), "at": at, "limit": keys_max + 1},
+        )
+        page: list[KeyValue] = []
+        size = 0
+        for row in rows:
+            if len(page) == keys_max or (page and size > bytes_max):
+                return at, page, True
+            kv = _kv(row)
+            page.append(kv)
+            size += len(row[0]) + len(kv.value)
+        return at, page, False
 
     def changes(self, start_revision: int, *, prefix: str = "", end_revision: int = 0) -> list[Event]:
         """Every change with start_revision <= revision <= end_revision (0: now), in revision order.

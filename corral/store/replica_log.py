@@ -7,6 +7,9 @@ records (many prepares and commits) is one transaction and one fsync: group comm
 Tables besides the store's: `prepared` (voted yes, no decision yet) and `outcomes` (recent decisions,
 txid -> revision or NULL for aborted/refused, so peers' termination queries can be answered). Old
 outcomes are trimmed; the largest trimmed txid is kept as `forgotten_max_txid`.
+
+`snapshot_staging` holds the pages of a member's state while a replica that missed compacted history
+receives them; the last page replaces the store with them in one transaction.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from corral.records import (
     ParticipantDisk,
     PreparedRecord,
     Record,
+    SnapshotPageRecord,
 )
 from corral.store.codec import decode_keys, decode_writes, encode_keys, encode_writes
-from corral.store.mvcc import MVCCStore, StoreTxn
+from corral.store.mvcc import KV_COLUMNS_SQL, MVCCStore, StoreTxn
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS prepared (
     txid INTEGER PRIMARY KEY,
     succeeded INTEGER NOT NULL,
@@ -45,6 +49,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     revision INTEGER              -- NULL: aborted, or refused before any prepare arrived
 );
 INSERT OR IGNORE INTO meta (name, value) VALUES ('forgotten_max_txid', 0);
+CREATE TABLE IF NOT EXISTS snapshot_staging ({KV_COLUMNS_SQL}, PRIMARY KEY (key)) WITHOUT ROWID;
 """
 
 
@@ -98,6 +103,21 @@ class ReplicaBatch:
                         self._tx.apply(writes, revision=revision)
                 if rec.through_revision > self._tx.revision:
                     self._tx.advance_to(rec.through_revision)
+            elif isinstance(rec, SnapshotPageRecord):
+                db = self._tx.connection
+                if rec.first:
+                    db.execute("DELETE FROM snapshot_staging")
+                db.executemany(
+                    "INSERT OR REPLACE INTO snapshot_staging (key, mod_revision, create_revision, version, value, "
+                    "lease) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (kv.key.encode("utf-8"), kv.mod_revision, kv.create_revision, kv.version, kv.value, kv.lease)
+                        for kv in rec.kvs
+                    ],
+                )
+                if rec.last:
+                    self._tx.replace_with("snapshot_staging", rec.revision)
+                    db.execute("DELETE FROM snapshot_staging")
             elif isinstance(rec, ForgottenRecord):
                 self.flush()  # its deletes must follow the outcomes written before it
                 db = self._tx.connection

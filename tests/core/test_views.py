@@ -13,6 +13,7 @@ from corral.core.messages import (
     ClientTxn,
     Commit,
     Effects,
+    Envelope,
     ErrorInfo,
     FetchReply,
     FetchRequest,
@@ -27,6 +28,8 @@ from corral.core.messages import (
     Received,
     ResolveReply,
     ResolveRequest,
+    SnapshotPage,
+    SnapshotRequest,
     Tick,
     TxnResult,
     TxnSpec,
@@ -34,8 +37,9 @@ from corral.core.messages import (
 )
 from corral.core.twopc_coordinator import Coordinator
 from corral.core.twopc_participant import Membership, Participant
+from corral.errors import Compacted, Unavailable
 from corral.limits import LEASE_DRIFT_FRACTION, LEASE_DRIFT_MS, Timeouts
-from corral.model import Put
+from corral.model import KeyValue, Put
 from corral.records import (
     CaughtUpRecord,
     CoordinatorDisk,
@@ -43,6 +47,7 @@ from corral.records import (
     ForgottenRecord,
     ParticipantDisk,
     PreparedRecord,
+    SnapshotPageRecord,
     ViewRecord,
 )
 
@@ -200,6 +205,45 @@ def test_outside_replica_catches_up_then_joins() -> None:
     assert [e.msg for e in eff.send] == [CaughtUp(6)]
     p.step(Received("c", LeaseGrant(3, NODES, T.read_lease_ms, 0)), 5)
     assert p.membership is Membership.MEMBER and not p.can_serve_linearizable(5)  # no lease asked yet
+
+
+def test_outside_replica_behind_a_compaction_installs_a_snapshot_then_catches_up() -> None:
+    """The history a joiner misses is compacted on the member: it takes the member's whole state page
+    by page (pages of one revision, in key order), installs it, then fetches what came after."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=8))
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
+    assert [e for e in eff.send] == [Envelope(fetch.dst, SnapshotRequest(0, ""))]
+    a, b, c = (KeyValue(k, b"v", 1, 5, 1) for k in ("a", "b", "c"))
+    eff = p.step(Received(fetch.dst, SnapshotPage(9, "", (a, b), True)), 3)
+    assert eff.persist == (SnapshotPageRecord(9, (a, b), True, False),)
+    assert [e.msg for e in eff.send] == [SnapshotRequest(9, "b")]  # the same state, after the last key
+    assert p.applied_revision == 2  # nothing installed yet
+    # A late answer to the first request changes nothing.
+    assert p.step(Received(fetch.dst, SnapshotPage(9, "", (a, b), True)), 4).persist == ()
+    eff = p.step(Received(fetch.dst, SnapshotPage(9, "b", (c,), False)), 5)
+    assert eff.persist == (SnapshotPageRecord(9, (c,), False, True),)
+    assert p.applied_revision == 9
+    assert [e.msg for e in eff.send if e.dst != "c"] == [FetchRequest(10)]
+
+
+def test_snapshot_from_a_member_that_fails_starts_over_from_another() -> None:
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    compacted = ErrorInfo.of(Compacted("compacted", compact_revision=8))
+    p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
+    first = KeyValue("a", b"v", 1, 5, 1)
+    p.step(Received(fetch.dst, SnapshotPage(9, "", (first,), True)), 3)
+    gone = ErrorInfo.of(Unavailable("not a member"))
+    eff = p.step(Received(fetch.dst, SnapshotPage(9, "a", (), False, gone)), 4)
+    other = "r1" if fetch.dst == "r2" else "r2"
+    assert [e for e in eff.send] == [Envelope(other, SnapshotRequest(0, ""))]  # from the start
+    eff = p.step(Received(other, SnapshotPage(12, "", (first,), False)), 5)
+    assert eff.persist == (SnapshotPageRecord(12, (first,), True, True),)  # first: clears the old pages
+    assert p.applied_revision == 12
 
 
 def test_outside_replica_discards_what_it_held_in_doubt() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corral import Conflict, Unavailable
+from corral import Conflict, Put, Unavailable
 from corral.client.aio import Endpoints
 from tests.integration.harness import TEST_TIMEOUTS, LocalCluster, local_cluster, wait_until
 
@@ -157,3 +157,33 @@ def test_two_of_three_replicas_down_writes_fail_and_nothing_is_lost(tmp_path: Pa
             assert c.get("/k/after-one") is not None
             assert c.get("/k/after-two") is None  # it failed, so it must not have been applied
             c.put("/k/again", "writes work")
+
+
+def test_replica_behind_a_compaction_rejoins_from_a_snapshot(tmp_path: Path) -> None:
+    """A replica down while the others compacted past what it misses cannot replay that history: it
+    takes a member's whole state (several pages), installs it, catches up and rejoins the view."""
+    with local_cluster(tmp_path, timeouts=TIMEOUTS) as cluster:
+        cluster.start()
+        victim = cluster.replicas[2]
+        with cluster.client(timeout=20) as c:
+            c.put("/snap/gone", "deleted while the victim is down")
+            cluster.kill(victim)
+            for t in range(25):  # 2,500 keys: three pages of SNAPSHOT_KEYS_MAX
+                c.txn(on_success=[Put(f"/snap/{t:02d}/{i:03d}", f"{t}.{i}".encode()) for i in range(100)])
+            c.delete("/snap/gone")
+            revision = c.put("/snap/last", "x")
+            c.compact(revision)  # the live replicas; the victim is down
+        cluster.start(victim)
+        revision_now, digest = cluster.wait_converged(timeout_s=60)
+        status = cluster.status()
+        assert status[victim].digest == digest and status[victim].revision == revision_now
+        assert victim in status["coordinator"].view_members
+        assert "installed a snapshot" in cluster.log(victim)
+        with _pinned(cluster, victim, 10) as pinned:  # type: ignore[attr-defined]
+            assert pinned.get("/snap/gone") is None
+            kv = pinned.get("/snap/24/099")
+            assert kv is not None and kv.value == b"24.99"
+            assert len(pinned.range("/snap/")) == 2501
+            pinned.put("/snap/after", "y")  # it takes part in writes again
+            assert pinned.get("/snap/after").value == b"y"
+        cluster.wait_converged()
