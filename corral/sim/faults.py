@@ -10,14 +10,22 @@ Each outage is short (shorter than a read lease, mostly: transactions abort or w
 `long_outage_p`, long: longer than a lease plus the coordinator's drift margin, so the replica is dropped from
 the view, catches up from a member's history and rejoins (if it is back before the workload ends, under load).
 Faults that fire after healing are skipped; healing ends every cut and restarts every crashed node.
+
+- compaction: while a replica is down or outside the view, an operator compacts every member at the newest
+  revision they all hold, so the replica behind must take a member's snapshot to catch up. Drawn from a stream of
+  its own (the seed's other draws are unchanged by it, and so are the regression seeds' schedules).
 """
 
 from __future__ import annotations
 
 import functools
+import random
 from typing import TYPE_CHECKING
 
+from corral.core.twopc_participant import Membership
 from corral.sim.config import (
+    COMPACTION_RETRY_MS,
+    COMPACTIONS_MAX,
     DOWN_MS_RANGE,
     FAULT_WINDOW_MS,
     LONG_OUTAGE_EXTRA_MS,
@@ -26,6 +34,7 @@ from corral.sim.config import (
     lease_expiry_ms,
 )
 from corral.sim.nodes import DeliverTo
+from corral.sim.observation import replica_history
 from corral.sim.workload import COORD
 
 if TYPE_CHECKING:
@@ -55,6 +64,9 @@ def plan_faults(sim: SimCluster) -> None:
     for _ in range(cfg.link_cuts):
         replica, at = rng.choice(sim.names), rng.randint(1, FAULT_WINDOW_MS)
         sim.sched.at(at, functools.partial(_cut_link, sim, replica, length(PARTITION_MS_RANGE)))
+    own = random.Random(f"compactions-{sim.seed}")
+    for _ in range(own.randint(0, COMPACTIONS_MAX) if cfg.crashes or cfg.partitions or cfg.link_cuts else 0):
+        sim.sched.at(own.randint(1, 2 * FAULT_WINDOW_MS), functools.partial(_compact, sim))
 
 
 def _crash(sim: SimCluster, node: str, mode: str, down_ms: int, deliver: DeliverTo) -> None:
@@ -77,3 +89,26 @@ def _cut_link(sim: SimCluster, replica: str, length_ms: int) -> None:
     if not sim.healed:
         sim.note(f"node={replica} cut off from {COORD} (only) for {length_ms} ms")
         sim.net.cut_link(replica, COORD, sim.now + length_ms)
+
+
+def _compact(sim: SimCluster, behind_at: int | None = None) -> None:
+    """`corral compact` at the newest revision every member that is up holds (as an operator would), once a
+    replica has been behind (down or outside) for a few revisions. The history it removes is archived
+    first, for the checkers (`observation.replica_history`)."""
+    if sim.healed:
+        return
+    stores = {n: r.storage for n, r in sim.replicas.items() if r.storage is not None}
+    members = [n for n in stores if sim.participant(n).membership is Membership.MEMBER]
+    revision = min((stores[n].revision for n in members), default=0)
+    if len(members) == len(sim.names) or behind_at is None or revision <= behind_at:
+        # Wait for a replica to fall behind, and for the members to move on without it.
+        behind = None if len(members) == len(sim.names) else (revision if behind_at is None else behind_at)
+        sim.sched.after(COMPACTION_RETRY_MS, functools.partial(_compact, sim, behind))
+        return
+    if revision <= max(stores[n].store.compact_revision for n in members):
+        return
+    sim.note(f"compact members={','.join(members)} revision={revision}")
+    kept = {n: replica_history(stores, sim.rec.archives, n) for n in members}
+    for n in members:
+        sim.rec.archives[n] = (revision, [e for e in kept[n] if e.kv.mod_revision <= revision])
+        stores[n].store.compact(revision)

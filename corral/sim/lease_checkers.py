@@ -70,12 +70,22 @@ def check_lease_ends(obs: Observation) -> None:
     for rec in obs.commit_records:
         if not rec.client_id and rec.revision not in ended_at:
             raise InvariantViolation(f"revision {rec.revision} is the coordinator's own but ends no lease")
-    for name, storage in sorted(obs.replicas.items()):
+    for name in sorted(obs.replicas):
+        events = obs.changes(name)
         changes: dict[int, list[tuple[str, str]]] = defaultdict(list)
-        for event in obs.changes(name):
+        for event in events:
             changes[event.kv.mod_revision].append((str(event.kind), event.kv.key))
-        for lease, (_, rev) in sorted(ends.items()):
-            held = storage.store.keys_with_lease(lease, revision=rev - 1) if rev > 1 else []
+        leases: dict[str, int] = {}  # live key -> its lease, replayed from the history up to each end
+        replayed = 0
+        for rev, lease in sorted((rev, lease) for lease, (_, rev) in ends.items()):
+            while replayed < len(events) and events[replayed].kv.mod_revision < rev:
+                kv = events[replayed].kv
+                if events[replayed].kind == "put":
+                    leases[kv.key] = kv.lease
+                else:
+                    leases.pop(kv.key, None)
+                replayed += 1
+            held = sorted(k for k, attached in leases.items() if attached == lease)
             deleted = sorted(changes.get(rev, []))
             if deleted != [("delete", k) for k in sorted(held)]:
                 raise InvariantViolation(

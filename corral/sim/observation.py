@@ -159,13 +159,38 @@ class Observation:
     lease_history: Sequence[LeaseOpRecord] = ()
     live_leases: frozenset[int] = frozenset()  # live in the coordinator's log after quiescence
     clock_skew: float = 0.0  # every node's clock runs at a rate within 1 +- this of virtual time
+    archives: Mapping[str, Archive] = field(default_factory=dict)  # history kept before each compaction
     _changes: dict[str, list[Event]] = field(default_factory=dict)
 
     def changes(self, replica: str) -> list[Event]:
-        """Every change in `replica`'s store, in revision order (read once per run)."""
+        """Every change `replica` applied, in revision order (read once per run; see `replica_history`)."""
         if replica not in self._changes:
-            self._changes[replica] = self.replicas[replica].store.changes(1) if self.last_revision else []
+            self._changes[replica] = replica_history(self.replicas, self.archives, replica)
         return self._changes[replica]
+
+
+# A replica's history up to a revision, kept by the simulator just before it compacted that replica.
+Archive = tuple[int, list[Event]]
+
+
+def replica_history(stores: Mapping[str, ReplicaStorage], archives: Mapping[str, Archive], name: str) -> list[Event]:
+    """Every change `name` applied, in revision order: what was archived before a compaction, then its store.
+
+    A replica that installed a member's snapshot at revision S has no history of its own up to S; up to S
+    it is given the history of a replica that has it all (what that snapshot stands for). Its state at S is
+    still checked: by the final digests, and by the previous values its own changes after S carry."""
+    store = stores[name].store
+    end, archived = archives.get(name, (0, []))
+    if store.compact_revision > end:
+        snapshot = store.compact_revision
+        donor = next(
+            n
+            for n in sorted(stores)
+            if stores[n].store.compact_revision <= archives.get(n, (0, []))[0] and stores[n].revision >= snapshot
+        )
+        archived = [e for e in replica_history(stores, archives, donor) if e.kv.mod_revision <= snapshot]
+        end = snapshot
+    return [*archived, *store.changes(end + 1)]
 
 
 # -- the model -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from corral.core.leases import LeaseInfo
 from corral.core.messages import ClientLease, Commit, Effects, Envelope, ErrorInfo, Event, Prepare, TxnSpec
 from corral.records import CommitRecord, LeaseEndRecord, Record, TxId, ViewRecord
-from corral.sim.observation import LeaseEnd, LeaseStep, LeaseStepKind, Observation, ServedRead
+from corral.sim.observation import Archive, LeaseEnd, LeaseStep, LeaseStepKind, Observation, ServedRead
 from corral.sim.workload import COORD, Workload
 from corral.store.replica_log import ReplicaStorage
 
@@ -35,6 +35,7 @@ class Recorder:
         self.commit_times: dict[int, int] = {}  # revision -> virtual time its decision was logged
         self.lease_ends: list[LeaseEnd] = []
         self.lease_steps: list[LeaseStep] = []
+        self.archives: dict[str, Archive] = {}  # each replica's history kept before it was compacted
 
     def coordinator_started(self, epoch: int, leases: Sequence[tuple[int, int]], local_ms: int, at_ms: int) -> None:
         """A new epoch found `leases` (id, ttl) live in its log: each one's TTL starts now."""
@@ -108,4 +109,5 @@ class Recorder:
             workload.lease_history,
             live_leases,
             clock_skew,
+            self.archives,
         )

@@ -25,6 +25,7 @@ from corral.client import session as client_session
 from corral.config import new_cluster
 from corral.core.leases import LEASE_TTL_MIN_MS
 from corral.core.messages import FetchReply, FetchRequest, OutcomeKind, Prepare, Received, TxnSpec
+from corral.limits import SNAPSHOT_KEYS_MAX
 from corral.model import Compare, CompareOp, CompareTarget, DeleteByLease, PutSequential, sequential_key
 from corral.records import (
     AbortedRecord,
@@ -34,6 +35,7 @@ from corral.records import (
     DiscardedRecord,
     ForgottenRecord,
     PreparedRecord,
+    SnapshotPageRecord,
     TxId,
 )
 from corral.services import base as service_base
@@ -362,6 +364,32 @@ def test_crashed_replica_leaves_the_view_then_catches_up_and_rejoins(sim: SimClu
     assert during.status == "ok" and _members(sim) == sim.names
     caught_up = [r for r in sim.replica_records["r3"] if isinstance(r, CaughtUpRecord)]
     assert len(caught_up) >= 2  # several pages of SCRIPTED_FETCH_REVISIONS_MAX revisions
+    digests = {s.store.digest() for r in sim.names if (s := sim.replicas[r].storage) is not None}
+    assert len(digests) == 1
+    sim.check()
+
+
+def test_replica_behind_a_compaction_rejoins_from_a_snapshot(sim: SimCluster) -> None:
+    """A replica down while the members compact past what it misses takes a member's state page by page
+    (one revision for every page), installs it, rejoins, and ends identical to the others."""
+    _settle(sim, sim.put("k0", b"a"))
+    sim.crash("r3")
+    assert sim.run_until(lambda: _members(sim) == ("r1", "r2"), STEP_MAX_MS)
+    for i in range(SNAPSHOT_KEYS_MAX + 5):  # two pages
+        op = sim.put(f"s{i:05d}", b"v", attempts=3)
+        _settle_op(sim, op)
+        assert op.status == "ok"
+    for name in ("r1", "r2"):
+        storage = sim.replicas[name].storage
+        assert storage is not None
+        sim.rec.archives[name] = (storage.revision, storage.store.changes(1))
+        storage.store.compact(storage.revision)
+    sim.restart("r3")
+    assert sim.run_until(lambda: _members(sim) == sim.names, STEP_MAX_MS)
+    pages = [r for r in sim.replica_records["r3"] if isinstance(r, SnapshotPageRecord)]
+    assert [(p.first, p.last) for p in pages] == [(True, False), (False, True)]
+    assert len({p.revision for p in pages}) == 1
+    sim.quiesce(STEP_MAX_MS)
     digests = {s.store.digest() for r in sim.names if (s := sim.replicas[r].storage) is not None}
     assert len(digests) == 1
     sim.check()
