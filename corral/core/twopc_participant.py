@@ -546,12 +546,17 @@ class Participant:
         if msg.after_key != snap.after_key or (snap.revision and msg.revision != snap.revision):
             return  # an answer to an older request
         snap.sent_ms = None
-        if msg.error is not None or msg.revision <= self.applied_revision:
+        if msg.error is not None:
             # The member cannot serve that state (no longer a member, or compacted past it): start over
             # from another member's current state.
-            reason = msg.error.message if msg.error is not None else f"its state is at {msg.revision}"
-            self.log.warning("replica=%s snapshot from %s abandoned: %s", self.node, src, reason)
+            self.log.warning("replica=%s snapshot from %s abandoned: %s", self.node, src, msg.error.message)
             self._snapshot = self._restart_snapshot(src, now_ms)
+            self._progress_rejoin(out, now_ms)
+            return
+        if msg.revision <= self.applied_revision:
+            # Not ahead of us (we applied something meanwhile): fetching history may do after all.
+            self._snapshot = None
+            self._level_with_peer = False
             self._progress_rejoin(out, now_ms)
             return
         first = snap.revision == 0

@@ -432,3 +432,13 @@ def test_outside_replica_with_a_commit_waiting_for_order_keeps_fetching() -> Non
     eff = p.step(Received("r1", FetchReply(history, 2, True)), 300)
     assert DiscardedRecord(txid) in eff.persist and p.applied_revision == 2
     assert [e.msg for e in eff.send] == [Join(2)]
+
+
+def test_a_snapshot_not_ahead_of_the_joiner_is_dropped_for_fetching() -> None:
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=9), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p.step(Received(fetch.dst, FetchReply((), 0, False, ErrorInfo.of(Compacted("gone", compact_revision=8)))), 2)
+    eff = p.step(Received(fetch.dst, SnapshotPage(9, "", (), False)), 3)
+    assert eff.persist == () and p.applied_revision == 9
+    assert [e.msg for e in eff.send if isinstance(e.msg, FetchRequest)] == [FetchRequest(10)]
