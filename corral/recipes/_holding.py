@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from types import TracebackType
 
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
 from corral.errors import InvalidArgument, LeaseExpired, NotFound
+from corral.recipes._base import WAIT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +121,39 @@ class LossGuard:
         if self.lost.is_set():
             reason = self._session.lost_reason if self._session is not None else "session lost"
             raise LeaseExpired(f"{self.what} was lost with its session: {reason}")
+
+
+class HeldAsync:
+    """`async with holder:` acquires (giving the fencing token) and releases; for the async holders."""
+
+    async def acquire(self, timeout: float | None = WAIT_TIMEOUT_S) -> int:
+        raise NotImplementedError
+
+    async def release(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> int:
+        return await self.acquire()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+
+class Held:
+    """`with holder:` acquires (giving the fencing token) and releases; for the blocking holders."""
+
+    def acquire(self, timeout: float | None = WAIT_TIMEOUT_S) -> int:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> int:
+        return self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

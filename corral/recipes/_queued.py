@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
@@ -33,7 +32,7 @@ from corral.recipes._base import (
     sequence_of,
 )
 from corral.recipes._blocking import run
-from corral.recipes._holding import LossGuard, SessionSlot
+from corral.recipes._holding import Held, HeldAsync, LossGuard, SessionSlot
 
 READ = "read-"
 WRITE = "write-"
@@ -81,7 +80,7 @@ def last_earlier_writer(queue: list[Entry], index: int) -> Entry | None:
     return None
 
 
-class QueuedLock:
+class QueuedLock(HeldAsync):
     """A place in a lock queue: the shared machinery of Lock, the sides of a ReadWriteLock, and
     LeaderElection. `acquire` queues and waits for the turn; `release` leaves the queue."""
 
@@ -216,16 +215,8 @@ class QueuedLock:
         """Everyone in this lock's queue now, first (the holder) first."""
         return queue_of(await self._client.range(self._base), self._base, self._kinds)
 
-    async def __aenter__(self) -> int:
-        return await self.acquire()
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.release()
-
-
-class BlockingQueuedLock:
+class BlockingQueuedLock(Held):
     """The blocking face of a QueuedLock: every call runs the async one on the client's loop."""
 
     def __init__(self, client: Client, impl: QueuedLock) -> None:
@@ -273,11 +264,3 @@ class BlockingQueuedLock:
 
     def queue(self) -> list[Entry]:
         return run(self._client, self._impl.queue())
-
-    def __enter__(self) -> int:
-        return self.acquire()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()

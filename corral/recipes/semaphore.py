@@ -21,7 +21,6 @@ that dies is freed when its session's lease ends; a holder whose session is lost
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 
 from corral.client.aio import AsyncClient
 from corral.client.session import Session
@@ -51,13 +50,13 @@ from corral.recipes._base import (
     retry_conflicts,
 )
 from corral.recipes._blocking import run
-from corral.recipes._holding import LossGuard, SessionSlot
+from corral.recipes._holding import Held, HeldAsync, LossGuard, SessionSlot
 from corral.recipes._queued import Entry, QueuedLock, predecessor, queue_of
 
 SEMAPHORES = f"{ROOT}/semaphores"
 
 
-class Semaphore:
+class Semaphore(HeldAsync):
     """At most `n` concurrent holders (see the module docstring). `acquire()` returns the permit's
     revision; `release()` gives it back; `async with` does both."""
 
@@ -191,16 +190,8 @@ class Semaphore:
         queue = self._base + "queue/"
         return queue_of(await self._client.range(queue), queue, ("",))
 
-    async def __aenter__(self) -> int:
-        return await self.acquire()
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.release()
-
-
-class BlockingSemaphore:
+class BlockingSemaphore(Held):
     """`Semaphore` for the blocking `Client`."""
 
     def __init__(
@@ -247,11 +238,3 @@ class BlockingSemaphore:
 
     def waiting(self) -> list[Entry]:
         return run(self._client, self._impl.waiting())
-
-    def __enter__(self) -> int:
-        return self.acquire()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()

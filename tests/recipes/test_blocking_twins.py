@@ -8,14 +8,23 @@ them through; the checks walk that log. Every wait has a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from corral.client import Client
-from corral.recipes import BlockingDoubleBarrier, BlockingReadWriteLock, close_session_sync, open_session
+from corral.client import Client, connect_async
+from corral.recipes import (
+    BlockingDoubleBarrier,
+    BlockingLock,
+    BlockingReadWriteLock,
+    BlockingSemaphore,
+    Semaphore,
+    close_session_sync,
+    open_session,
+)
 from tests.integration.harness import LocalCluster, wait_until
 
 WAIT_S = 10.0  # every blocking wait in these tests (acquire, enter, leave, a rendezvous of threads)
@@ -221,3 +230,31 @@ def test_blocking_double_barrier_enters_and_leaves_together(shared_cluster: Loca
     assert min(left) > max(leaving), "someone left before all were leaving"
     with Client(shared_cluster.path, timeout=WAIT_S) as client:
         assert client.range(f"/corral/double-barriers/{name}/") == [], "members or ready left behind"
+
+
+def test_with_statements_acquire_and_release_every_holder(shared_cluster: LocalCluster) -> None:
+    """`with` (blocking) and `async with` acquire, give the fencing token, and release on the way out,
+    also when the body raises."""
+    with Client(shared_cluster.path, timeout=10) as client:
+        with BlockingLock(client, "with-lock", ttl=2) as token:
+            holder = BlockingLock(client, "with-lock").holder()
+            assert holder is not None and holder.revision == token
+        assert BlockingLock(client, "with-lock").holder() is None
+        sem = BlockingSemaphore(client, "with-sem", 2, ttl=2)
+        try:
+            with sem as token:
+                assert sem.held and [e.revision for e in sem.holders()] == [token]
+                raise KeyError("the body fails")
+        except KeyError:
+            pass
+        assert not sem.held and sem.holders() == []
+
+    async def scenario() -> None:
+        aclient = await connect_async(shared_cluster.path, timeout=10)
+        sem = Semaphore(aclient, "with-asem", 1, ttl=2)
+        async with sem as token:
+            assert sem.held and [e.revision for e in await sem.holders()] == [token]
+        assert not sem.held and await sem.holders() == []
+        await aclient.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
