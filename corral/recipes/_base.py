@@ -264,6 +264,21 @@ async def closing(events: AsyncIterator[_T]) -> AsyncIterator[AsyncIterator[_T]]
             await aclose()
 
 
+async def events_under(
+    client: AsyncClient, prefix: str, start_revision: int, timeout: float | None, what: str
+) -> AsyncIterator[Event]:
+    """Every change under `prefix` from `start_revision` (0: from now), each within `timeout` seconds of
+    the one before (None: no limit); the watch closes when the caller stops iterating.
+
+    Raises:
+        WaitTimeout: `timeout` seconds passed without a change (`what` names what was awaited).
+        Compacted: `start_revision` is older than the history kept.
+    """
+    async with closing(client.watch(prefix, prefix=True, start_revision=start_revision)) as events:
+        while True:
+            yield await race(anext(events), deadline=Deadline(timeout, what), session=None)
+
+
 async def race(work: Awaitable[_T], *, deadline: Deadline, session: Session | None) -> _T:
     """Await `work`, unless the deadline passes or the session is lost first (then cancel it).
 

@@ -34,9 +34,9 @@ from corral.recipes._base import (
     check_async_client,
     check_name,
     closing,
+    events_under,
     fence_revision,
     floor_of,
-    race,
     retry_conflicts,
     wait_event,
 )
@@ -95,10 +95,9 @@ class Config:
                 when the caller stops iterating).
             Compacted: `start_revision` is older than the history kept.
         """
-        async with closing(self._client.watch(self._base, prefix=True, start_revision=start_revision)) as events:
-            while True:
-                deadline = Deadline(timeout, f"a change of config {self.name!r}")
-                event = await race(anext(events), deadline=deadline, session=None)
+        what = f"a change of config {self.name!r}"
+        async with closing(events_under(self._client, self._base, start_revision, timeout, what)) as events:
+            async for event in events:
                 value = None if event.kind is EventKind.DELETE else event.kv.value
                 yield ConfigChange(event.kv.key[len(self._base) :], value, event.kv.mod_revision)
 

@@ -29,12 +29,11 @@ from corral.model import Compare, CompareOp, CompareTarget, EventKind, Put
 from corral.recipes._base import (
     DEFAULT_TTL_S,
     ROOT,
-    Deadline,
     as_bytes,
     check_async_client,
     check_name,
     closing,
-    race,
+    events_under,
     retry_conflicts,
 )
 from corral.recipes._blocking import iterate, run
@@ -153,10 +152,9 @@ class GroupMembership:
                 when the caller stops iterating).
             Compacted: `start_revision` is older than the history kept.
         """
-        async with closing(self._client.watch(self._base, prefix=True, start_revision=start_revision)) as events:
-            while True:
-                deadline = Deadline(timeout, f"a change in group {self.group!r}")
-                event = await race(anext(events), deadline=deadline, session=None)
+        what = f"a change in group {self.group!r}"
+        async with closing(events_under(self._client, self._base, start_revision, timeout, what)) as events:
+            async for event in events:
                 member = event.kv.key[len(self._base) :]
                 if event.kind is EventKind.DELETE:
                     yield MembershipEvent(Change.LEFT, member, b"", event.kv.mod_revision)
