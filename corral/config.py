@@ -35,13 +35,18 @@ class NodeConfig:
     name: str
     role: str
     host: str
-    port: int
+    port: int  # gRPC: clients and administration
+    peer_port: int  # the peer wire (services/wire.py): other nodes
     data_dir: Path
     failpoints: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{self.host}:{self.peer_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +71,8 @@ class ClusterConfig:
         return [n for n in self.nodes.values() if n.role == "replica"]
 
     def peer_addresses(self, name: str) -> dict[str, str]:
-        """Every other node's address, by name: whom node `name` opens peer links to."""
-        return {n.name: n.address for n in self.nodes.values() if n.name != name}
+        """Every other node's peer address, by name: whom node `name` opens peer links to."""
+        return {n.name: n.peer_address for n in self.nodes.values() if n.name != name}
 
     def node(self, name: str) -> NodeConfig:
         try:
@@ -133,6 +138,7 @@ class ClusterConfig:
                 f"role = {json.dumps(node.role)}",
                 f"host = {json.dumps(node.host)}",
                 f"port = {node.port}",
+                f"peer_port = {node.peer_port}",
                 f"data_dir = {json.dumps(data_dir)}",
             ]
             if node.failpoints:
@@ -154,9 +160,10 @@ def _node(path: Path, name: str, spec: Any) -> NodeConfig:
     role = spec.get("role")
     if role not in ROLES:
         raise InvalidArgument(f"{where}: role is {role!r}; use one of {', '.join(ROLES)}")
-    port = spec.get("port")
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise InvalidArgument(f"{where}: port must be an integer 1..65535, got {port!r}")
+    port = _port(spec, "port", where)
+    peer_port = _port(spec, "peer_port", where)
+    if peer_port == port:
+        raise InvalidArgument(f"{where}: peer_port must differ from port ({port})")
     host = spec.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host:
         raise InvalidArgument(f"{where}: host must be a non-empty string")
@@ -169,9 +176,17 @@ def _node(path: Path, name: str, spec: Any) -> NodeConfig:
         role,
         host,
         port,
+        peer_port,
         data_dir if data_dir.is_absolute() else path.parent / data_dir,
         {str(k): str(v) for k, v in failpoints.items()},
     )
+
+
+def _port(spec: dict[str, Any], key: str, where: str) -> int:
+    port = spec.get(key)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise InvalidArgument(f"{where}: {key} must be an integer 1..65535, got {port!r}")
+    return port
 
 
 def _dataclass_from(cls: type[_Settings], raw: Any, path: Path, section: str) -> _Settings:
@@ -211,13 +226,21 @@ def new_cluster(
         raise InvalidArgument(f"replicas is {replicas!r}; choose 1..15")
     directory = Path(directory).resolve()
     ports: set[int] = set()
-    while len(ports) < replicas + 1:
+    while len(ports) < 2 * (replicas + 1):
         ports.add(free_port(host))
     port_list = sorted(ports)
-    nodes = {COORDINATOR: NodeConfig(COORDINATOR, "coordinator", host, port_list[0], directory / COORDINATOR)}
-    for i in range(1, replicas + 1):
-        name_i = f"replica-{i}"
-        nodes[name_i] = NodeConfig(name_i, "replica", host, port_list[i], directory / name_i)
+    names = [COORDINATOR] + [f"replica-{i}" for i in range(1, replicas + 1)]
+    nodes = {
+        name_i: NodeConfig(
+            name_i,
+            "coordinator" if name_i == COORDINATOR else "replica",
+            host,
+            port_list[2 * i],
+            port_list[2 * i + 1],
+            directory / name_i,
+        )
+        for i, name_i in enumerate(names)
+    }
     return ClusterConfig(directory / CONFIG_NAME, name, nodes, timeouts, limits)
 
 

@@ -107,12 +107,17 @@ class Releaser:
         self.wal = wal
         self._queue: deque[tuple[int, Callable[[], None]]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._hurried = 0  # the newest ticket queued that may not wait for a lazy fsync
 
-    def release(self, ticket: int, action: Callable[[], None]) -> None:
-        """Run `action` once commit `ticket` (0: none) is durable and every earlier group has run."""
+    def release(self, ticket: int, action: Callable[[], None], *, lazy: bool = False) -> None:
+        """Run `action` once commit `ticket` (0: none) is durable and every earlier group has run.
+        `lazy`: the action may wait a little for an fsync that another group needs (WalSync)."""
         if not self._queue and ticket <= self.wal.durable:
             action()
             return
+        if not lazy and ticket:
+            self._hurried = ticket
+            self.wal.hurry()  # a lazy group ahead may already be waiting: this one cannot
         self._queue.append((ticket, action))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"release-{self.node}")
@@ -125,7 +130,7 @@ class Releaser:
         while self._queue:
             ticket, action = self._queue[0]
             try:
-                await self.wal.wait_durable(ticket)
+                await self.wal.wait_durable(ticket, lazy=self._hurried < ticket)
             except OSError as err:
                 fail_stop(self.node, err)
             self._queue.popleft()
@@ -133,40 +138,6 @@ class Releaser:
                 action()
             except Internal as err:
                 fail_stop(self.node, err)
-
-
-# Steps a batch at once (after any awaits of its own) and returns the future of its answer.
-Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
-
-
-async def answer_stream(
-    requests: AsyncIterator[pb.Batch], inbound: Inbound, me: str, context: Context
-) -> AsyncIterator[pb.Batch]:
-    """The body of a `Peer.Stream` handler: hand each batch to `inbound` as soon as it arrives (it
-    steps the core at once and returns an awaitable of the answer), and send the answers in order."""
-    answers: asyncio.Queue[asyncio.Future[list[Message]] | None] = asyncio.Queue()
-    failure: list[CorralError] = []
-
-    async def pump() -> None:
-        try:
-            async for batch in requests:
-                answers.put_nowait(await inbound(batch))
-        except CorralError as err:
-            failure.append(err)
-        finally:
-            answers.put_nowait(None)
-
-    task = asyncio.get_running_loop().create_task(pump())
-    try:
-        while (answer := await answers.get()) is not None:
-            yield batch_to_pb(me, await answer)
-        if failure:
-            code = (
-                grpc.StatusCode.UNAVAILABLE if isinstance(failure[0], Unavailable) else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            await context.abort(code, failure[0].message)
-    finally:
-        task.cancel()
 
 
 _Call = TypeVar("_Call")
@@ -236,23 +207,20 @@ class PeerEndpoint:
     async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
         raise NotImplementedError
 
-    async def _counted(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+    async def counted(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        """Step a batch from a peer (see `_inbound`), counted for Status."""
         self.batches_received += 1
         self.messages_received += len(batch.messages)
         return await self._inbound(batch)
 
     async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
         try:
-            answer = await self._counted(request)
+            answer = await self.counted(request)
         except Unavailable as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
         except CorralError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
         return batch_to_pb(self.node.name, await answer)
-
-    async def Stream(self, request_iterator: AsyncIterator[pb.Batch], context: Context) -> AsyncIterator[pb.Batch]:
-        async for answer in answer_stream(request_iterator, self._counted, self.node.name, context):
-            yield answer
 
     async def SetFailpoint(self, request: pb.FailpointRequest, context: Context) -> pb.FailpointResponse:
         try:

@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from corral.config import ClusterConfig, NodeConfig
 from corral.core.leases import LeaseInfo
@@ -57,6 +57,8 @@ from corral.store.durability import WalSync
 
 log = logging.getLogger(__name__)
 
+Result = TxnResult | LeaseInfo | ErrorInfo
+
 # Pending END marks are flushed when this many accumulate or the coordinator is idle for a tick.
 END_FLUSH_BATCH = 1000
 
@@ -87,7 +89,8 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
             rpc_timeout_s=config.timeouts.prepare_timeout_ms / 1000,
         )
         self.ticker = Ticker(node.name, self._on_tick)
-        self._waiters: dict[int, asyncio.Future[TxnResult | LeaseInfo | ErrorInfo]] = {}
+        # How to answer each request the core has not answered yet (called once it is durable).
+        self._waiters: dict[int, Callable[[Result], None]] = {}
         self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -133,9 +136,9 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
             # of it is durable).
             for eff in effects:
                 for reply in eff.reply:
-                    fut = self._waiters.get(reply.request_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(reply.result)
+                    waiter = self._waiters.pop(reply.request_id, None)
+                    if waiter is not None:
+                        waiter(reply.result)
             captured: list[Message] = []
             for eff in effects:
                 for env in eff.send:
@@ -201,27 +204,30 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
                 answers.put_nowait(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
                 continue
             rid = next(self._ids)
-            fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
-            self._waiters[rid] = fut
-            fut.add_done_callback(functools.partial(self._answered, rid, call.id, answers))
+            # Answered in place: the answer is queued before the sends of the same step wake their
+            # links, so the client's reply leaves ahead of the COMMITs.
+            self._waiters[rid] = functools.partial(self._answered, call.id, answers)
             client_id = call.request.client_id or f"anonymous-{self.core.epoch}-{rid}"
             deadline_ms = now_ms() + int(call_timeout_s(call.timeout_ms, default_ms) * 1000)
             events.append(ClientTxn(rid, client_id, call.request.seq, txn, deadline_ms))
         if events:
             self._step(events)
 
-    def _answered(
-        self,
-        rid: int,
-        call_id: int,
-        answers: asyncio.Queue[pb.TxnReturn | None],
-        done: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo],
-    ) -> None:
-        self._waiters.pop(rid, None)
-        answers.put_nowait(pb.TxnReturn(id=call_id, response=self._txn_response(done.result())))
+    def _answered(self, call_id: int, answers: asyncio.Queue[pb.TxnReturn | None], result: Result) -> None:
+        answers.put_nowait(pb.TxnReturn(id=call_id, response=self._txn_response(result)))
+
+    def _await_answer(self, rid: int) -> asyncio.Future[Result]:
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+
+        def answer(result: Result) -> None:
+            if not fut.done():
+                fut.set_result(result)
+
+        self._waiters[rid] = answer
+        return fut
 
     @staticmethod
-    def _txn_response(result: TxnResult | LeaseInfo | ErrorInfo) -> pb.TxnResponse:
+    def _txn_response(result: Result) -> pb.TxnResponse:
         if isinstance(result, ErrorInfo):
             return pb.TxnResponse(error=error_to_pb(result))
         if not isinstance(result, TxnResult):
@@ -235,8 +241,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         except CorralError as err:
             return pb.TxnResponse(error=error_to_pb(err))
         rid = next(self._ids)
-        fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
-        self._waiters[rid] = fut
+        fut = self._await_answer(rid)
         # A request without a client id cannot be retried safely; give it a one-off identity.
         client_id = request.client_id or f"anonymous-{self.core.epoch}-{rid}"
         try:
@@ -256,8 +261,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
     async def _lease(self, context: Context, op: str, lease_id: int = 0, ttl_ms: int = 0) -> pb.LeaseReply:
         timeout_s = deadline_s(context, self.config.timeouts.request_timeout_ms)
         rid = next(self._ids)
-        fut: asyncio.Future[TxnResult | LeaseInfo | ErrorInfo] = asyncio.get_running_loop().create_future()
-        self._waiters[rid] = fut
+        fut = self._await_answer(rid)
         try:
             self._step([ClientLease(rid, op, lease_id, ttl_ms)])
             result = await asyncio.wait_for(fut, timeout_s)

@@ -1,14 +1,15 @@
-"""Peer links: one ordered stream per destination, one batch in flight, the next one forming.
+"""Peer links: one ordered connection per destination, one batch in flight, the next one forming.
 
-Messages queued for a peer go out as `Batch`es on one `Peer.Stream` call. The receiver processes
-batches in arrival order and answers each, in order, once what it persisted is durable; answers are
-matched to batches by position. So a link is FIFO (a COMMIT reaches a replica before a later PREPARE
-on the same key), the stream stays open between batches, and whatever is queued while a batch is
-being answered rides in the next, larger batch (group commit).
+Messages queued for a peer go out as `Batch`es on one peer-wire connection (`wire.py`). The receiver
+processes batches in arrival order and answers each, in order, once what it persisted is durable;
+answers are matched to batches by position. So a link is FIFO (a COMMIT reaches a replica before a
+later PREPARE on the same key), the connection stays open between batches, and whatever is queued
+while a batch is being answered rides in the next, larger batch (group commit).
 
-A broken or stalled stream (no answer within `rpc_timeout_s`) is cancelled: every message of the
+A broken or stalled connection (no answer within `rpc_timeout_s`) is closed: every message of the
 unanswered batches goes to `on_unreachable` (the core decides what that means: abort, or retry
-later), and the link opens a new stream after a short backoff.
+later), and the link connects again after a short backoff. A peer that cannot be reached at all
+gets the same treatment for the batch that would have gone first.
 """
 
 from __future__ import annotations
@@ -16,29 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-
 from corral.core.messages import Abort, Commit, Message, Prepare
+from corral.errors import CorralError
 from corral.limits import PEER_BATCH_MAX
 from corral.rpc import corral_pb2 as pb
-from corral.rpc import corral_pb2_grpc as pb_grpc
-from corral.rpc.convert import batch_from_pb, message_to_pb
+from corral.rpc.convert import batch_from_pb
 from corral.services.failpoints import Failpoints
+from corral.services.wire import Dialed, WireError, batch_frame, dial, message_bytes
 
 log = logging.getLogger(__name__)
 
-# gRPC's default reconnect backoff grows to 120 s; a restarted peer should be found within ~1 s.
-CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-)
-# After a broken stream, wait this long before opening the next one to the same peer.
+# After a broken connection, wait this long before opening the next one to the same peer.
 FAILURE_BACKOFF_S = 0.05
 # Unanswered batches per link that carry a PREPARE. One: while the receiver works on a batch (and
 # fsyncs it), everything queued meanwhile leaves as the next, larger batch. Measured at 64 clients: 32
@@ -76,10 +68,9 @@ class Link:
     def __init__(self, owner: PeerLinks, dst: str, address: str) -> None:
         self.owner = owner
         self.dst = dst
+        self.address = address
         self.queue: deque[Message] = deque()
         self.poke = asyncio.Event()
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = pb_grpc.PeerStub(self.channel)
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{dst}")
 
     def _take(self) -> list[Message]:
@@ -103,9 +94,8 @@ class Link:
             in_flight: deque[_InFlight] = deque()
             try:
                 await self._session(in_flight)
-            except (grpc.aio.AioRpcError, _Stalled, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-                detail = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-                log.debug("node=%s link=%s stream ended: %s", self.owner.me, self.dst, detail)
+            except (OSError, TimeoutError, WireError, CorralError, _Stalled) as exc:
+                log.debug("node=%s link=%s connection ended: %s", self.owner.me, self.dst, exc or type(exc).__name__)
             failed = [m for batch in in_flight for m in batch.msgs]
             if failed:
                 self.owner.on_unreachable(self.dst, failed)
@@ -118,39 +108,44 @@ class Link:
 
     async def _session(self, in_flight: deque[_InFlight]) -> None:
         loop = asyncio.get_running_loop()
-        call = self.stub.Stream()  # type: ignore[call-arg]  # aio: write requests on the call
-        reader = loop.create_task(self._read(call, in_flight), name=f"link-read-{self.dst}")
         timeout = self.owner.rpc_timeout_s
+
+        def on_reply(reply: pb.Batch) -> None:
+            if not in_flight:
+                conn.fail(WireError("an answer to no batch"))
+                return
+            in_flight.popleft()
+            msgs = batch_from_pb(reply)
+            if msgs:
+                self.owner.on_messages(self.dst, msgs)
+            self.poke.set()
+
         try:
-            while not reader.done():
+            conn: Dialed = await dial(self.address, on_reply, self.poke.set, timeout)
+        except (OSError, TimeoutError):
+            # Nobody to send to: what would have gone first is unreachable (the core decides).
+            msgs = self._take()
+            in_flight.append(_InFlight(loop.time(), msgs, False))
+            raise
+        try:
+            while conn.error is None:
                 if self._may_send(in_flight):
                     msgs = self._take()
                     if msgs:
                         in_flight.append(_InFlight(loop.time(), msgs, any(isinstance(m, Prepare) for m in msgs)))
-                        await call.write(pb.Batch(src=self.owner.me, messages=[self.owner.encode(m) for m in msgs]))
+                        conn.send(batch_frame(self.owner.me, [self.owner.encode(m) for m in msgs]))
                     continue
                 if in_flight and loop.time() - in_flight[0].sent > timeout:
-                    raise _Stalled
+                    raise _Stalled(f"no answer from {self.dst} within {timeout:.1f} s")
                 self.poke.clear()
                 try:
                     await asyncio.wait_for(self.poke.wait(), timeout if in_flight else None)
                 except TimeoutError:
                     pass
-            reader.result()  # the stream ended: raise its error, if any
+            raise conn.error
         finally:
-            reader.cancel()
-            call.cancel()
-
-    async def _read(self, call: grpc.aio.StreamStreamCall[pb.Batch, pb.Batch], in_flight: deque[_InFlight]) -> None:
-        try:
-            async for reply in call:
-                in_flight.popleft()
-                msgs = batch_from_pb(reply)
-                if msgs:
-                    self.owner.on_messages(self.dst, msgs)
-                self.poke.set()
-        finally:
-            self.poke.set()
+            if conn.transport is not None:
+                conn.transport.abort()
 
 
 class PeerLinks:
@@ -175,13 +170,13 @@ class PeerLinks:
         self._links: dict[str, Link] = {}
         # The same message object goes to every participant (a PREPARE, a COMMIT): encode it once.
         # Keyed by id() while the entry holds the object, so an id cannot be reused meanwhile.
-        self._encoded: OrderedDict[int, tuple[Message, pb.PeerMessage]] = OrderedDict()
+        self._encoded: OrderedDict[int, tuple[Message, bytes]] = OrderedDict()
 
-    def encode(self, msg: Message) -> pb.PeerMessage:
+    def encode(self, msg: Message) -> bytes:
         hit = self._encoded.get(id(msg))
         if hit is not None and hit[0] is msg:
             return hit[1]
-        encoded = message_to_pb(msg)
+        encoded = message_bytes(msg)
         self._encoded[id(msg)] = (msg, encoded)
         if len(self._encoded) > ENCODED_CACHE_MAX:
             self._encoded.popitem(last=False)
@@ -205,4 +200,3 @@ class PeerLinks:
                 await link.task
             except asyncio.CancelledError:
                 pass
-            await link.channel.close(grace=None)

@@ -20,8 +20,14 @@ from corral.errors import FailedPrecondition
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.services.coordinator import CoordinatorService
 from corral.services.failpoints import Failpoints
-from corral.services.links import CHANNEL_OPTIONS
 from corral.services.replica import ReplicaService
+from corral.services.wire import listen
+
+# Clients may send and receive large transactions and ranges (limits are checked by the services).
+SERVER_OPTIONS = (
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ async def serve(config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> 
         service = CoordinatorService(config, node, faults)
     else:
         service = ReplicaService(config, node, faults)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_ClientServicer_to_server(service, server)
     pb_grpc.add_PeerServicer_to_server(service, server)
     pb_grpc.add_AdminServicer_to_server(service, server)
@@ -52,15 +58,24 @@ async def serve(config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> 
         bound = 0
     if bound == 0:
         raise FailedPrecondition(f"cannot listen on {node.address}: the port is in use or the host is not local")
+    peers = await listen(node.host, node.peer_port, service.counted, node.name)
     await service.start()
     await server.start()
-    log.info("node=%s role=%s ready address=%s pid=%d", node.name, node.role, node.address, os.getpid())
+    log.info(
+        "node=%s role=%s ready address=%s peer_address=%s pid=%d",
+        node.name,
+        node.role,
+        node.address,
+        node.peer_address,
+        os.getpid(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("node=%s stopping", node.name)
+    peers.close()
     await server.stop(grace=1.0)
     await service.close()
     log.info("node=%s stopped", node.name)

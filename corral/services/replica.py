@@ -24,6 +24,7 @@ import grpc
 from corral.config import COORDINATOR, ClusterConfig, NodeConfig
 from corral.core.messages import (
     Abort,
+    Ack,
     Commit,
     Envelope,
     Event,
@@ -37,7 +38,7 @@ from corral.core.messages import (
 from corral.core.twopc_participant import Membership, Participant
 from corral.errors import CorralError, Internal, InvalidArgument, Unavailable
 from corral.model import validate_key, validate_prefix, validate_revision
-from corral.records import CommittedRecord, PreparedRecord
+from corral.records import AbortedRecord, CommittedRecord, PreparedRecord
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, error_to_pb, event_to_pb, kv_to_pb
@@ -125,6 +126,7 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         wake = None
         stepped = False
         persisted = persisted_prepare = persisted_commit = False
+        urgent = False  # something persisted must be durable soon (anything but applied outcomes)
         try:
             with self.storage.batch() as batch:
                 for event in events:
@@ -151,11 +153,14 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
                     persisted |= bool(eff.persist)
                     persisted_prepare |= any(isinstance(r, PreparedRecord) for r in eff.persist)
                     persisted_commit |= any(isinstance(r, CommittedRecord) for r in eff.persist)
+                    urgent = urgent or not all(isinstance(r, CommittedRecord | AbortedRecord) for r in eff.persist)
+                    urgent = urgent or not all(isinstance(env.msg, Ack) for env in eff.send)
                     sends.extend(eff.send)
                     wake, stepped = eff.wake_at_ms, True
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
+        sends = _latest_acks(sends)
         ticket = self.wal.note_commit() if persisted else 0
         if stepped:  # a batch of fetches only leaves the core's timer as it was (its lease renewals)
             self.ticker.wake_at(wake)
@@ -178,7 +183,8 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
                     self.links.send(env.dst, env.msg)
             answer.set_result(captured)
 
-        self.releaser.release(ticket, act)
+        # Applied outcomes and their acks only: the ack may wait for the next fsync (WalSync).
+        self.releaser.release(ticket, act, lazy=not urgent)
         return answer
 
     def _on_tick(self) -> None:
@@ -394,3 +400,17 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         except CorralError as err:
             return pb.CompactResponse(error=error_to_pb(err))
         return pb.CompactResponse(compact_revision=self.storage.store.compact_revision)
+
+
+def _latest_acks(sends: list[Envelope]) -> list[Envelope]:
+    """The sends with only the last ack to each destination: acks are cumulative (each says "applied
+    through revision r", and r only grows), so a batch of 40 commits is answered by one ack, not 40."""
+    last: dict[str, int] = {}
+    acks = 0
+    for i, env in enumerate(sends):
+        if isinstance(env.msg, Ack):
+            last[env.dst] = i
+            acks += 1
+    if acks == len(last):
+        return sends
+    return [env for i, env in enumerate(sends) if not isinstance(env.msg, Ack) or last[env.dst] == i]

@@ -13,6 +13,12 @@ more than it takes (measured here: a 0.3 ms fsync, a 0.3 ms round trip through t
 gave a lower p50 at one client and more puts/s at 64). A slow disk moves it to a worker thread, so
 the loop keeps serving while the disk works.
 
+Some commits need not be durable soon, only before someone is told (a replica's applied COMMIT: if
+it is lost in a crash, the replica finds the transaction prepared again and asks for the outcome,
+which the coordinator keeps until acked). Their waiters pass `lazy=True`: their fsync is left for up
+to LAZY_FSYNC_DELAY_S to the next waiter that needs one now, so at one client a replica fsyncs once
+per write (its PREPARE) instead of twice, and the COMMIT's fsync no longer delays the next PREPARE.
+
 A frame fsynced in the WAL is recovered by SQLite after a crash exactly as if FULL had synced it;
 checkpoints (which copy the WAL into the database file) fsync on their own in NORMAL mode.
 """
@@ -26,6 +32,8 @@ from pathlib import Path
 
 # Run the fsync on the event loop while it averages under this; above, on a worker thread.
 INLINE_FSYNC_MAX_MS = 2.0
+# The longest a lazy waiter waits for another waiter's fsync before one is run for it.
+LAZY_FSYNC_DELAY_S = 0.005
 # Weight of the newest fsync in the moving average of fsync times.
 _FSYNC_EWMA_WEIGHT = 0.2
 
@@ -39,6 +47,7 @@ class WalSync:
         self._durable = 0  # every ticket up to this one is on disk
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._later: asyncio.TimerHandle | None = None
         self.fsyncs = 0  # for metrics and tests
         self.fsync_ms_avg = 0.0
 
@@ -51,15 +60,26 @@ class WalSync:
     def durable(self) -> int:
         return self._durable
 
-    async def wait_durable(self, ticket: int) -> None:
-        """Return once the commit with this ticket (and every earlier one) is on disk."""
+    async def wait_durable(self, ticket: int, *, lazy: bool = False) -> None:
+        """Return once the commit with this ticket (and every earlier one) is on disk. `lazy`: no
+        hurry, another waiter's fsync may cover it (at most LAZY_FSYNC_DELAY_S later)."""
         if ticket <= self._durable:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((ticket, fut))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-fsync")
+        if not lazy:
+            self.hurry()
+        elif self._later is None:
+            self._later = asyncio.get_running_loop().call_later(LAZY_FSYNC_DELAY_S, self.hurry)
         await fut
+
+    def hurry(self) -> None:
+        """Start an fsync for the waiters now (a no-op while one runs: it loops while any wait)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        if self._waiters and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-fsync")
 
     def _fsync(self) -> None:
         fd = os.open(self.wal_path, os.O_RDONLY)

@@ -5,6 +5,7 @@ Requests go over raw gRPC, past the SDK's own checks, so the servers' validation
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def test_garbage_peer_batch_is_refused_and_nobody_dies(cluster: LocalCluster) ->
             pb_grpc.PeerStub(channel).Step(bad, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert all(s.up for s in cluster.status().values())
+
+
+@pytest.mark.parametrize("node", ["coordinator", "replica-1"])
+def test_garbage_on_the_peer_port_is_cut_off_and_nobody_dies(cluster: LocalCluster, node: str) -> None:
+    peer = cluster.config.nodes[node]
+    with socket.create_connection((peer.host, peer.peer_port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(1024) == b""  # closed by the node, nothing answered
+    assert all(s.up for s in cluster.status().values())
+    with cluster.client() as c:
+        assert c.put(f"after-garbage-{node}", "v") > 0
 
 
 def test_sdk_checks_before_sending(cluster: LocalCluster) -> None:

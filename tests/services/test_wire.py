@@ -1,0 +1,151 @@
+"""The peer wire over real loopback TCP: frames, order of answers, and what closes a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+from corral.core.messages import Ack, Commit, Message, Prepare, TxnSpec
+from corral.errors import FailedPrecondition, Unavailable
+from corral.model import Put
+from corral.rpc import corral_pb2 as pb
+from corral.rpc.convert import batch_from_pb, batch_to_pb
+from corral.services.wire import FRAME_BYTES_MAX, MAGIC, batch_frame, dial, listen, message_bytes
+
+TIMEOUT_S = 10
+
+
+def _prepare(txid: int, value_bytes: int) -> Prepare:
+    return Prepare(txid, TxnSpec((), (Put(f"k/{txid}", b"v" * value_bytes, 0),), ()), ("replica-1", "replica-2"))
+
+
+@pytest.mark.parametrize("value_bytes", [0, 100, 200, 20_000, 3_000_000])
+def test_a_hand_built_frame_is_the_batch_protobuf_would_build(value_bytes: int) -> None:
+    msgs: list[Message] = [_prepare(i, value_bytes) for i in range(3)] + [Commit(7, 9), Ack(7, 9)]
+    framed = batch_frame("coordinator", [message_bytes(m) for m in msgs])
+    (size,) = struct.unpack(">I", framed[:4])
+    assert size == len(framed) - 4
+    parsed = pb.Batch.FromString(framed[4:])
+    assert parsed == batch_to_pb("coordinator", msgs)
+    assert batch_from_pb(parsed) == msgs
+
+
+class _Echo:
+    """A listener's inbound: answers each batch with an Ack naming its first txid, after `delays`."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.delays: dict[int, float] = {}
+        self.refuse: set[int] = set()
+
+    async def inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        msgs = batch_from_pb(batch)
+        txid = msgs[0].txid  # type: ignore[union-attr]
+        if txid in self.refuse:
+            raise Unavailable("refused by the test")
+        self.seen.append(txid)
+        answer: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.delays.get(txid, 0), answer.set_result, [Ack(txid, txid)])
+        return answer
+
+
+async def _serve(echo: _Echo) -> tuple[asyncio.Server, str]:
+    server = await listen("127.0.0.1", 0, echo.inbound, "listener")
+    port = server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+def test_answers_come_back_in_order_even_when_ready_out_of_order() -> None:
+    async def main() -> list[int]:
+        echo = _Echo()
+        echo.delays = {1: 0.2, 2: 0.0, 3: 0.1}
+        server, address = await _serve(echo)
+        replies: list[int] = []
+        done = asyncio.Event()
+
+        def on_reply(batch: pb.Batch) -> None:
+            replies.extend(m.txid for m in batch_from_pb(batch))  # type: ignore[attr-defined]
+            if len(replies) == 3:
+                done.set()
+
+        conn = await dial(address, on_reply, lambda: None, TIMEOUT_S)
+        for txid in (1, 2, 3):
+            conn.send(batch_frame("dialer", [message_bytes(Commit(txid, txid))]))
+        await asyncio.wait_for(done.wait(), TIMEOUT_S)
+        assert echo.seen == [1, 2, 3]
+        assert conn.transport is not None
+        conn.transport.abort()
+        server.close()
+        return replies
+
+    assert asyncio.run(main()) == [1, 2, 3]
+
+
+async def _raw(address: str, data: bytes) -> bytes:
+    """Send raw bytes; return what comes back before the listener closes the connection."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), TIMEOUT_S)  # b"" once closed
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        MAGIC + struct.pack(">I", FRAME_BYTES_MAX + 1),
+        MAGIC + struct.pack(">I", 3) + b"\xff\xff\xff",
+    ],
+    ids=["not-a-peer", "oversized-frame", "not-a-batch"],
+)
+def test_a_bad_connection_is_closed_and_the_listener_keeps_serving(data: bytes) -> None:
+    async def main() -> None:
+        echo = _Echo()
+        server, address = await _serve(echo)
+        assert await _raw(address, data) == b""
+        # A well-behaved dialer is still answered.
+        got: asyncio.Future[pb.Batch] = asyncio.get_running_loop().create_future()
+        conn = await dial(address, got.set_result, lambda: None, TIMEOUT_S)
+        conn.send(batch_frame("dialer", [message_bytes(Commit(5, 5))]))
+        assert batch_from_pb(await asyncio.wait_for(got, TIMEOUT_S)) == [Ack(5, 5)]
+        assert echo.seen == [5]
+        assert conn.transport is not None
+        conn.transport.abort()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_refused_batch_closes_the_connection_and_the_dialer_hears_of_it() -> None:
+    async def main() -> None:
+        echo = _Echo()
+        echo.refuse = {2}
+        server, address = await _serve(echo)
+        replies: asyncio.Queue[pb.Batch] = asyncio.Queue()
+        closed = asyncio.Event()
+        conn = await dial(address, replies.put_nowait, closed.set, TIMEOUT_S)
+        conn.send(batch_frame("dialer", [message_bytes(Commit(1, 1))]))
+        assert batch_from_pb(await asyncio.wait_for(replies.get(), TIMEOUT_S)) == [Ack(1, 1)]
+        conn.send(batch_frame("dialer", [message_bytes(Commit(2, 2))]))
+        await asyncio.wait_for(closed.wait(), TIMEOUT_S)
+        assert conn.error is not None and replies.empty()
+        assert echo.seen == [1]
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    async def main() -> None:
+        server, address = await _serve(_Echo())
+        port = int(address.rpartition(":")[2])
+        with pytest.raises(FailedPrecondition, match="cannot listen for peers"):
+            await listen("127.0.0.1", port, _Echo().inbound, "other")
+        server.close()
+
+    asyncio.run(main())
