@@ -138,10 +138,14 @@ class Link:
                 if in_flight and loop.time() - in_flight[0].sent > timeout:
                     raise _Stalled(f"no answer from {self.dst} within {timeout:.1f} s")
                 self.poke.clear()
+                # Wake by the stall deadline at the latest (a timer that pokes: cheaper than
+                # wait_for, which makes a task per wait).
+                wake = loop.call_later(timeout, self.poke.set) if in_flight else None
                 try:
-                    await asyncio.wait_for(self.poke.wait(), timeout if in_flight else None)
-                except TimeoutError:
-                    pass
+                    await self.poke.wait()
+                finally:
+                    if wake is not None:
+                        wake.cancel()
             raise conn.error
         finally:
             if conn.transport is not None:
