@@ -487,9 +487,19 @@ class Coordinator:
         self._expire_leases(out, now_ms)
         for lease in self.leases.expire(now_ms):
             self.log.info("coordinator=%s lease=%d expired", self.node, lease.id)
+        # Only commits whose retry timer is due: a scan of every committed transaction at every tick
+        # cost the coordinator ~5% of its CPU at 64 clients. Heap entries are never late (a COMMIT's
+        # next retry only moves later), stale ones are skipped.
         retry = self.timeouts.commit_retry_ms
-        for c in sorted(self._committed.values(), key=lambda c: c.revision):
+        heap, due_now = self._retry_heap, []
+        while heap and heap[0][0] <= now_ms:
+            due_ms, txid = heapq.heappop(heap)
+            c = self._committed.get(txid)
+            if c is not None and c.next_retry_ms == due_ms:
+                due_now.append(c)
+        for c in sorted(due_now, key=lambda c: c.revision):
             due = [n for n in sorted(c.unacked) if c.last_sent_ms.get(n, 0) + retry <= now_ms]
+            c.next_retry_ms = 0  # its entry was popped: _send_commit pushes the next one
             self._send_commit(out, c, due, now_ms)
 
     # -- the view (core/views.py) ------------------------------------------------------------
@@ -622,8 +632,10 @@ class Coordinator:
 
     def _schedule_retry(self, c: _Committed) -> None:
         if c.unacked:
-            c.next_retry_ms = min(c.last_sent_ms.get(n, 0) for n in c.unacked) + self.timeouts.commit_retry_ms
-            heapq.heappush(self._retry_heap, (c.next_retry_ms, c.txid))
+            due_ms = min(c.last_sent_ms.get(n, 0) for n in c.unacked) + self.timeouts.commit_retry_ms
+            if due_ms != c.next_retry_ms:  # unchanged (a partial ack): its heap entry stands
+                c.next_retry_ms = due_ms
+                heapq.heappush(self._retry_heap, (due_ms, c.txid))
 
     def _remember(self, rec: CommitRecord) -> TxnResult:
         result = TxnResult(rec.revision, rec.succeeded)

@@ -92,6 +92,8 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         # How to answer each request the core has not answered yet (called once it is durable).
         self._waiters: dict[int, Callable[[Result], None]] = {}
         self._ids = itertools.count(1)
+        # Peer replies and unreachables of one loop iteration, stepped together (see _on_peer_messages).
+        self._inbox: list[Event] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -100,6 +102,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         self.ticker.start()
 
     async def close(self) -> None:
+        self._inbox.clear()  # not stepped: the decision log is closing (the core recovers by asking)
         await self.ticker.stop()
         await self.links.close()
         self.decisions.close()
@@ -152,16 +155,31 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         return answer
 
     def _on_peer_messages(self, src: str, msgs: list[Message]) -> None:
-        if any(isinstance(m, Vote) for m in msgs):
-            self.faults.hit("coordinator.on_vote")
-        self._step([Received(src, m) for m in msgs])
-        if any(isinstance(m, Ack) for m in msgs):
-            self.faults.hit(f"coordinator.commit_acked.{src}")
+        """Replies are stepped once per loop iteration, all links' together: the votes of three
+        replicas that arrive together cost one step, one decision-log write and one release."""
+        self._to_inbox([Received(src, m) for m in msgs])
 
     def _on_unreachable(self, dst: str, msgs: list[Message]) -> None:
-        self._step([Unreachable(dst, tuple(msgs))])
+        self._to_inbox([Unreachable(dst, tuple(msgs))])  # after that link's replies, in order
+
+    def _to_inbox(self, events: list[Event]) -> None:
+        if not self._inbox:
+            asyncio.get_running_loop().call_soon(self._step_inbox)
+        self._inbox.extend(events)
+
+    def _step_inbox(self) -> None:
+        events, self._inbox = self._inbox, []
+        if not events:
+            return
+        received = [e for e in events if isinstance(e, Received)]
+        if any(isinstance(e.msg, Vote) for e in received):
+            self.faults.hit("coordinator.on_vote")
+        self._step(events)
+        for src in dict.fromkeys(e.src for e in received if isinstance(e.msg, Ack)):
+            self.faults.hit(f"coordinator.commit_acked.{src}")
 
     def _on_tick(self) -> None:
+        self._step_inbox()  # what arrived before the tick is stepped before it
         self._step([Tick()])
         if self.decisions.pending_ends and not self.core.in_flight:
             self.decisions.flush()

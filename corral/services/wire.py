@@ -20,6 +20,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from google.protobuf.message import DecodeError
 
@@ -80,8 +81,8 @@ class _Framed(asyncio.Protocol):
         self._need_magic = expect_magic
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not a subclass of asyncio.Transport, so no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buffer

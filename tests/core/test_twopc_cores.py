@@ -342,3 +342,28 @@ def _queries(eff: Effects) -> list[tuple[str, object]]:
 
 def _outcome(txid: int, kind: OutcomeKind, revision: int = 0) -> Outcome:
     return Outcome(txid, kind, revision)
+
+
+def test_unacked_commit_is_resent_when_its_retry_is_due_and_only_to_the_replica_that_missed_it() -> None:
+    """Rule 6: a COMMIT is re-sent until acked, every commit_retry_ms, to the replicas that have not
+    acked it; a tick before that (or ticks for other reasons) re-sends nothing."""
+    c = Coordinator("c", NODES, CoordinatorDisk(), timeouts=T)
+    c.start(0)
+    eff = c.step(ClientTxn(1, "cl", 1, put("a", b"1"), deadline_ms=1000), 0)
+    (txid,) = {e.msg.txid for e in eff.send if isinstance(e.msg, Prepare)}
+    for n in NODES:
+        eff = c.step(Received(n, Vote(txid, True, True, digest="d")), 1)
+    assert sorted(e.dst for e in eff.send if isinstance(e.msg, Commit)) == list(NODES)
+    c.step(Received("r1", Ack(txid, 1)), 2)
+    c.step(Received("r2", Ack(txid, 1)), 2)
+
+    def commits_at(now: int) -> list[str]:
+        return [e.dst for e in c.step(Tick(), now).send if isinstance(e.msg, Commit)]
+
+    assert commits_at(1 + T.commit_retry_ms - 1) == []
+    assert commits_at(1 + T.commit_retry_ms) == ["r3"]
+    assert commits_at(1 + T.commit_retry_ms) == []  # not again until the next retry is due
+    assert commits_at(1 + 2 * T.commit_retry_ms) == ["r3"]
+    c.step(Received("r3", Ack(txid, 1)), 1 + 2 * T.commit_retry_ms)
+    assert commits_at(1 + 5 * T.commit_retry_ms) == []
+    c.check_invariants()
