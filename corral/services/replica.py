@@ -38,7 +38,7 @@ from corral.core.messages import (
 from corral.core.twopc_participant import Membership, Participant
 from corral.errors import CorralError, Internal, InvalidArgument, Unavailable
 from corral.model import validate_key, validate_prefix, validate_revision
-from corral.records import AbortedRecord, CommittedRecord, PreparedRecord
+from corral.records import AbortedRecord, CommittedRecord, PreparedRecord, Record
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import batch_from_pb, error_to_pb, event_to_pb, kv_to_pb
@@ -71,6 +71,8 @@ WATCH_REVISIONS_MAX = 1000
 LEASE_WAIT_S = 0.3
 
 _STEP_FAILPOINT = {Prepare: "replica.on_prepare", Commit: "replica.on_commit", Abort: "replica.on_abort"}
+# Records whose durability can wait for another batch's fsync (WalSync lazy waiters).
+_OUTCOME_RECORDS = frozenset({CommittedRecord, AbortedRecord})
 
 
 class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer, pb_grpc.AdminServicer):
@@ -123,43 +125,48 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         """Step every event inside one storage batch; once it is durable, send. The returned future
         resolves to the messages addressed to `capture` (the answer to the batch being served)."""
         sends: list[Envelope] = []
+        records: list[Record] = []
         wake = None
         stepped = False
-        persisted = persisted_prepare = persisted_commit = False
-        urgent = False  # something persisted must be durable soon (anything but applied outcomes)
+        now = now_ms()  # one clock reading per batch, as the coordinator's step_many
+        core, hit = self.core, self.faults.hit
         try:
             with self.storage.batch() as batch:
                 for event in events:
                     ev = event
-                    if isinstance(ev, Received) and isinstance(ev.msg, FetchRequest | SnapshotRequest):
-                        # Catch-up is served by the shell from the store; the core is not involved.
-                        sends.append(Envelope(ev.src, serve_catch_up(self.core, self.storage, ev.msg)))
-                        continue
                     if isinstance(ev, Received):
-                        name = _STEP_FAILPOINT.get(type(ev.msg))
+                        msg = ev.msg
+                        if isinstance(msg, FetchRequest | SnapshotRequest):
+                            # Catch-up is served by the shell from the store; the core is not involved.
+                            sends.append(Envelope(ev.src, serve_catch_up(core, self.storage, msg)))
+                            continue
+                        name = _STEP_FAILPOINT.get(type(msg))
                         if name:
-                            self.faults.hit(name)
-                        if isinstance(ev.msg, Prepare):
-                            txn = ev.msg.txn
-                            leases = txn.leases_deleted()
+                            hit(name)
+                        if isinstance(msg, Prepare):
+                            leases = msg.txn.leases_deleted()
+                            compares = msg.txn.compare_keys()
                             ev = Received(
                                 ev.src,
-                                ev.msg,
-                                batch.read(txn.compare_keys()),
+                                msg,
+                                batch.read(compares) if compares else {},
                                 batch.lease_keys(leases) if leases else None,
                             )
-                    eff = self.core.step(ev, now_ms())
-                    batch.write(eff.persist)
-                    persisted |= bool(eff.persist)
-                    persisted_prepare |= any(isinstance(r, PreparedRecord) for r in eff.persist)
-                    persisted_commit |= any(isinstance(r, CommittedRecord) for r in eff.persist)
-                    urgent = urgent or not all(isinstance(r, CommittedRecord | AbortedRecord) for r in eff.persist)
-                    urgent = urgent or not all(isinstance(env.msg, Ack) for env in eff.send)
+                    eff = core.step(ev, now)
+                    if eff.persist:
+                        batch.write(eff.persist)
+                        records.extend(eff.persist)
                     sends.extend(eff.send)
                     wake, stepped = eff.wake_at_ms, True
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
+        kinds = {type(r) for r in records}
+        persisted = bool(records)
+        persisted_prepare = PreparedRecord in kinds
+        persisted_commit = CommittedRecord in kinds
+        # Something persisted must be durable soon: anything but applied outcomes and their acks.
+        urgent = not kinds <= _OUTCOME_RECORDS or any(type(env.msg) is not Ack for env in sends)
         sends = _latest_acks(sends)
         ticket = self.wal.note_commit() if persisted else 0
         if stepped:  # a batch of fetches only leaves the core's timer as it was (its lease renewals)

@@ -90,6 +90,40 @@ def test_txn_is_atomic_at_one_revision(store: MVCCStore) -> None:
     assert store.revision == 2 and store.get("y") is None
 
 
+def test_a_rolled_back_apply_leaves_no_trace_in_later_bookkeeping(store: MVCCStore) -> None:
+    """The store keeps the newest state of written keys in memory; a rollback must forget it."""
+    store.put("a", b"1")
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
+        tx.apply([Put("a", b"2"), Put("new", b"x")])
+        assert tx.get("a") is not None and tx.get("a").version == 2  # type: ignore[union-attr]
+        raise RuntimeError("boom")
+    assert store.put("a", b"3") == 2
+    assert store.put("new", b"y") == 3
+    a, new = store.get("a"), store.get("new")
+    assert a is not None and (a.value, a.create_revision, a.version) == (b"3", 1, 2)
+    assert new is not None and (new.create_revision, new.version) == (3, 1)
+
+
+def test_bookkeeping_holds_past_the_in_memory_bound_and_for_large_values(store: MVCCStore) -> None:
+    from corral.store.mvcc import HEAD_CACHE_MAX, HEAD_CACHE_VALUE_MAX
+
+    big = b"v" * (HEAD_CACHE_VALUE_MAX + 1)
+    with store.transaction() as tx:
+        for i in range(HEAD_CACHE_MAX + 10):
+            tx.apply([Put(f"k{i}", big if i % 2 else b"v")])
+    with store.transaction() as tx:
+        for i in range(HEAD_CACHE_MAX + 10):
+            tx.apply([Put(f"k{i}", b"w")])
+    store.delete("k1")
+    for key, version, create in (("k0", 2, 1), ("k7", 2, 8), (f"k{HEAD_CACHE_MAX + 9}", 2, HEAD_CACHE_MAX + 10)):
+        kv = store.get(key)
+        assert kv is not None and (kv.value, kv.version, kv.create_revision) == (b"w", version, create)
+    assert store.get("k1") is None
+    assert store.put("k1", b"again") == store.revision
+    again = store.get("k1")
+    assert again is not None and (again.version, again.create_revision) == (1, store.revision)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
