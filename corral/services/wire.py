@@ -211,14 +211,17 @@ class _Answering(_Framed):
             answer.add_done_callback(self._answered)
 
     def _answered(self, _: asyncio.Future[list[Message]]) -> None:
+        # Every answer ready now leaves in one write: one wake-up of the dialer, not one per answer
+        # (a replica's deferred COMMIT acks come due with the next PREPARE's votes).
+        frames = []
         while self._answers and self._answers[0].done():
             answer = self._answers.popleft()
             if answer.cancelled() or answer.exception() is not None:
                 self.fail(WireError("an answer failed"))
                 return
-            if self.error is not None or self.transport is None:
-                return
-            self.transport.write(batch_frame(self._me, [message_bytes(m) for m in answer.result()]))
+            frames.append(batch_frame(self._me, [message_bytes(m) for m in answer.result()]))
+        if frames and self.error is None and self.transport is not None:
+            self.transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
 
     def fail(self, err: WireError | CorralError) -> None:
         if self.error is None:
