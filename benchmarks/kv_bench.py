@@ -2,10 +2,10 @@
 
 For each concurrency level (default 1, 16 and 64 clients) it measures durable puts/s and
 linearizable gets/s with p50/p99 latency. The load comes from worker processes (so the client's own
-CPU is spread like the servers'), each running async clients over one gRPC channel per server.
-When the `etcd` binary is installed (Debian package etcd-server) it starts a 3-member etcd on
-loopback and runs the same workload through a Python gRPC etcd client of the same shape, then
-prints Corral/etcd ratios.
+CPU is spread like the servers'), each running async clients: Corral's own client (its call streams
+over each node's wire), and for etcd a Python gRPC client of the same shape. When the `etcd` binary
+is installed (Debian package etcd-server) it starts a 3-member etcd on loopback next to Corral; the
+two take turns phase by phase, alternating which goes first, and it prints Corral/etcd ratios.
 
 Run: `python benchmarks/kv_bench.py` (options: --duration, --clients, --procs, --no-etcd).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -40,7 +41,8 @@ LATENCY_SAMPLE_MAX = 20_000  # per worker: bounds the JSON a worker sends back
 async def _corral_worker(spec: dict[str, object]) -> dict[str, object]:
     from corral.client.aio import AsyncClient, Endpoints
 
-    endpoints = Endpoints(str(spec["coordinator"]), tuple(spec["replicas"]), ())  # type: ignore[arg-type]
+    wires = tuple(tuple(w) for w in spec["wires"])  # type: ignore[attr-defined]
+    endpoints = Endpoints(str(spec["coordinator"]), tuple(spec["replicas"]), (), wires=wires)  # type: ignore[arg-type]
     client = AsyncClient(endpoints, timeout=30)
     prefix = f"bench/{spec['worker']}"
 
@@ -175,7 +177,12 @@ def start_corral(tmp: Path) -> tuple[dict[str, object], list[subprocess.Popen[by
         down = wait_healthy(c, set(config.nodes), 30)
     if down:
         raise SystemExit(f"corral nodes did not start: {down}")
-    return {"coordinator": config.coordinator.address, "replicas": [r.address for r in config.replicas]}, procs
+    endpoints: dict[str, object] = {
+        "coordinator": config.coordinator.address,
+        "replicas": [r.address for r in config.replicas],
+        "wires": [(n.address, n.peer_address) for n in config.nodes.values()],
+    }
+    return endpoints, procs
 
 
 def start_etcd(tmp: Path, binary: str) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
@@ -330,21 +337,30 @@ def main() -> None:
     if not etcd and not args.no_etcd:
         print("etcd is not installed (Debian package etcd-server); measuring Corral alone")
     phases: list[Phase] = []
-    for system in systems:
-        with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as tmp:
-            endpoints, procs = start_corral(Path(tmp)) if system == "corral" else start_etcd(Path(tmp), etcd or "")
-            try:
-                for clients in levels:
-                    for phase in ("put", "get"):
-                        result = run_phase(system, endpoints, phase, clients, args)
-                        print(
-                            f"{system:6} {phase} clients={clients:3}: {result.ops_per_s:8,.0f} ops/s "
-                            f"p50={result.p50_ms:.2f} ms p99={result.p99_ms:.2f} ms errors={result.errors}",
-                            flush=True,
-                        )
-                        phases.append(result)
-            finally:
-                stop(procs)
+    # Both systems run side by side and take turns phase by phase, first one then the other, then
+    # the other way round: a machine that changes speed during the run (this one does, by ±15% within
+    # minutes) then moves both figures of a ratio, not one.
+    with contextlib.ExitStack() as stack:
+        running: dict[str, dict[str, object]] = {}
+        for system in systems:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{system}-")))
+            endpoints, procs = start_corral(tmp) if system == "corral" else start_etcd(tmp, etcd or "")
+            stack.callback(stop, procs)
+            running[system] = endpoints
+        turn = 0
+        for clients in levels:
+            for phase in ("put", "get"):
+                order = systems if turn % 2 == 0 else systems[::-1]
+                turn += 1
+                for system in order:
+                    result = run_phase(system, running[system], phase, clients, args)
+                    print(
+                        f"{system:6} {phase} clients={clients:3}: {result.ops_per_s:8,.0f} ops/s "
+                        f"p50={result.p50_ms:.2f} ms p99={result.p99_ms:.2f} ms errors={result.errors}",
+                        flush=True,
+                    )
+                    phases.append(result)
+    phases.sort(key=lambda p: (systems.index(p.system), levels.index(p.clients), p.phase != "put"))
     report(phases)
 
 

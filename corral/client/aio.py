@@ -22,6 +22,7 @@ import grpc
 
 from corral.client.session import Session
 from corral.client.streams import CallStream, StreamBroken
+from corral.client.wire_call import WireCall
 from corral.config import ClusterConfig, find_config
 from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
@@ -42,6 +43,7 @@ from corral.model import (
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
 from corral.rpc.convert import error_from_pb, event_from_pb, kv_from_pb, raise_if_error, txn_to_pb
+from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,9 @@ class Endpoints:
     replicas: tuple[str, ...]
     nodes: tuple[tuple[str, str, str], ...]  # (name, role, address)
     limits: Limits = DEFAULT_LIMITS
+    # (address, wire address) of nodes whose wire the client may use for its call streams; a node
+    # not named here is called over gRPC.
+    wires: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, config: ClusterConfig) -> Endpoints:
@@ -107,7 +112,11 @@ class Endpoints:
             tuple(r.address for r in config.replicas),
             tuple((n.name, n.role, n.address) for n in config.nodes.values()),
             config.limits,
+            tuple((n.address, n.peer_address) for n in config.nodes.values()),
         )
+
+    def wire_of(self, address: str) -> str | None:
+        return next((wire for a, wire in self.wires if a == address), None)
 
 
 def _value(value: bytes | str) -> bytes:
@@ -141,7 +150,7 @@ class AsyncClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._rng = random.Random()
         self._writes: CallStream[pb.TxnRequest, pb.TxnResponse] = CallStream(
-            lambda: pb_grpc.ClientStub(self._channel(self.endpoints.coordinator)).Txns(),  # type: ignore[call-arg]
+            self._open_writes,
             lambda i, request, ms: pb.TxnCall(id=i, request=request, timeout_ms=ms),
             lambda calls: pb.TxnCalls(calls=calls),
         )
@@ -155,11 +164,24 @@ class AsyncClient:
             channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         return channel
 
+    def _open_writes(self) -> WireCall | grpc.aio.StreamStreamCall[pb.TxnCalls, pb.TxnReturns]:
+        address = self.endpoints.coordinator
+        wire = self.endpoints.wire_of(address)
+        if wire is not None:
+            return WireCall(wire, TXNS_GREETING, pb.TxnReturns.FromString, self.timeout)
+        return pb_grpc.ClientStub(self._channel(address)).Txns()  # type: ignore[call-arg]
+
+    def _open_reads(self, address: str) -> WireCall | grpc.aio.StreamStreamCall[pb.RangeCalls, pb.RangeReturns]:
+        wire = self.endpoints.wire_of(address)
+        if wire is not None:
+            return WireCall(wire, RANGES_GREETING, pb.RangeReturns.FromString, self.timeout)
+        return pb_grpc.ClientStub(self._channel(address)).Ranges()  # type: ignore[call-arg]
+
     def _read_stream(self, address: str) -> CallStream[pb.RangeRequest, pb.RangeResponse]:
         stream = self._reads.get(address)
         if stream is None:
             stream = self._reads[address] = CallStream(
-                lambda: pb_grpc.ClientStub(self._channel(address)).Ranges(),  # type: ignore[call-arg]
+                lambda: self._open_reads(address),
                 lambda i, request, ms: pb.RangeCall(id=i, request=request, timeout_ms=ms),
                 lambda calls: pb.RangeCalls(calls=calls),
             )
@@ -524,7 +546,11 @@ async def discover(address: str, *, timeout: float = 5.0) -> Endpoints:
     replicas = tuple(a for _, role, a in members if role == "replica")
     if status.role != "coordinator" or not replicas:
         raise InvalidArgument(f"{address} is a {status.role or 'unknown node'}, not a coordinator; give its address")
-    return Endpoints(address, replicas, members)
+    # The coordinator names its members by the addresses it knows; the one it was reached at stands for it.
+    wires = tuple(
+        (address if m.role == "coordinator" else m.address, m.wire_address) for m in status.members if m.wire_address
+    )
+    return Endpoints(address, replicas, members, wires=wires)
 
 
 def resolve_endpoints_from_path(cluster: str | Path | None) -> Endpoints | None:

@@ -4,7 +4,9 @@ Writes go to the coordinator as `TxnCall(id, request, timeout)` on `Client.Txns`
 as `RangeCall` on `Client.Ranges`; the server handles each call on its own and answers by id as soon
 as it can. A unary gRPC call costs far more than a message on an open stream (on the coordinator, the
 unary call's own handling was most of its CPU at 64 clients), so concurrent calls share one stream,
-and calls waiting together share one message (`corral.rpc.bundles`), as do answers.
+and calls waiting together share one message (`corral.rpc.bundles`), as do answers. The stream runs
+over the wire (`wire_call.py`: the same messages, cheaper) when the client knows the node's wire
+address, else over gRPC.
 
 When the stream breaks, every call still waiting fails with `StreamBroken`, which says whether the
 request was written to the wire (for a write: then it may have been applied); the caller retries, a
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -52,6 +54,16 @@ class _ReturnMsg(Protocol[_Resp_co]):
     def response(self) -> _Resp_co: ...
 
 
+class _Stream(Protocol):
+    """What a call stream needs of its transport: a gRPC stream call, or `wire_call.WireCall`."""
+
+    async def write(self, message: Any) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def cancel(self) -> Any: ...
+
+
 class CallStream(Generic[_Req, _Resp]):
     """One multiplexed stream (see the module docstring). `open_stream` opens the gRPC call;
     `wrap(id, request, timeout_ms)` builds a call, `bundle(calls)` the message that carries several;
@@ -59,7 +71,7 @@ class CallStream(Generic[_Req, _Resp]):
 
     def __init__(
         self,
-        open_stream: Callable[[], grpc.aio.StreamStreamCall[Any, Any]],
+        open_stream: Callable[[], _Stream],
         wrap: Callable[[int, _Req, int], _CallMsg],
         bundle: Callable[[list[Any]], Any],
     ) -> None:
@@ -99,7 +111,7 @@ class CallStream(Generic[_Req, _Resp]):
             self._futures.pop(call_id, None)
             self._written.discard(call_id)
 
-    async def _write(self, stream: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+    async def _write(self, stream: _Stream) -> None:
         while True:
             first = await self._outbox.get()
             if first is None:
@@ -124,14 +136,16 @@ class CallStream(Generic[_Req, _Resp]):
                         fut.set_result(answer.response)
         except grpc.aio.AioRpcError as err:
             failure = StreamBroken(err.code(), err.details() or "", sent=True)
+        except StreamBroken as err:
+            failure = err
         finally:
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.UsageError):
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.UsageError, StreamBroken):
                 await writer
             stream.cancel()
         for call_id, fut in list(self._futures.items()):
             if not fut.done():
-                sent = call_id in self._written and not _refused(failure)
+                sent = call_id in self._written and failure.sent and not _refused(failure)
                 fut.set_exception(StreamBroken(failure.code, failure.details, sent=sent))
         self._written.clear()
 

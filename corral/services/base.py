@@ -230,4 +230,7 @@ class PeerEndpoint:
         return pb.FailpointResponse()
 
     def members_pb(self) -> list[pb.Member]:
-        return [pb.Member(name=n.name, role=n.role, address=n.address) for n in self.config.nodes.values()]
+        return [
+            pb.Member(name=n.name, role=n.role, address=n.address, wire_address=n.peer_address)
+            for n in self.config.nodes.values()
+        ]

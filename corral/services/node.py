@@ -12,16 +12,19 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from corral.config import ClusterConfig, NodeConfig
 from corral.errors import FailedPrecondition
+from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
+from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
 from corral.services.coordinator import CoordinatorService
 from corral.services.failpoints import Failpoints
 from corral.services.replica import ReplicaService
-from corral.services.wire import listen
+from corral.services.wire import StreamHandler, listen
 
 # Clients may send and receive large transactions and ranges (limits are checked by the services).
 SERVER_OPTIONS = (
@@ -58,7 +61,12 @@ async def serve(config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> 
         bound = 0
     if bound == 0:
         raise FailedPrecondition(f"cannot listen on {node.address}: the port is in use or the host is not local")
-    peers = await listen(node.host, node.peer_port, service.counted, node.name)
+    # The wire serves peers and, with the same handlers as gRPC, clients' call streams.
+    streams: dict[bytes, tuple[type[Any], StreamHandler]] = {
+        TXNS_GREETING: (pb.TxnCalls, service.Txns),
+        RANGES_GREETING: (pb.RangeCalls, service.Ranges),
+    }
+    peers = await listen(node.host, node.peer_port, service.counted, node.name, streams)
     await service.start()
     await server.start()
     log.info(

@@ -1,48 +1,41 @@
-"""The peer wire: `Batch` messages between nodes over one plain TCP connection, length-prefixed.
+"""The peer wire (corral.rpc.framing): `Batch` messages between nodes, and clients' call streams.
 
-Clients speak gRPC; nodes speak this to each other (etcd does the same: gRPC for clients, its own
-streams for raft peers). Why: measured on the 2-core machine, one write+read round trip of a small
-`Batch` on a gRPC aio stream costs ~250 µs of CPU (both sides); the same bytes over an asyncio
-socket ~55 µs. A write crosses a peer link four times (PREPARE, vote, COMMIT, ack), to every
-replica, so at one client the coordinator spent most of its CPU inside gRPC.
+Clients may speak gRPC; nodes speak this to each other (etcd does the same: gRPC for clients, its own
+streams for raft peers), and the Python client sends its call streams here too. A write crosses a
+peer link four times (PREPARE, vote, COMMIT, ack), to every replica, so at one client the coordinator
+spent most of its CPU inside gRPC before the peer links moved here.
 
-A connection starts with `MAGIC` from the dialer. Then each frame is a 4-byte big-endian length and
-that many bytes of a serialized `pb.Batch`, in both directions. The dialer sends batches; the
-listener answers each, in order (see `links.py` for what the two ends promise each other). Anything
-else (a wrong magic, a frame over `FRAME_BYTES_MAX`, bytes that do not parse) closes the
-connection: the dialer treats it like a lost peer, and the listener loses nothing.
+A peer connection starts with `PEER_GREETING` from the dialer; then the dialer sends batches and the
+listener answers each, in order (see `links.py` for what the two ends promise each other). A call
+stream starts with its own greeting and is served by the same handler as its gRPC stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import cast
-
-from google.protobuf.message import DecodeError
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from corral.core.messages import Message
 from corral.errors import CorralError, FailedPrecondition
 from corral.rpc import corral_pb2 as pb
 from corral.rpc.convert import message_to_pb
+from corral.rpc.framing import FRAME_BYTES_MAX, HEADER, PEER_GREETING, Framed, WireError, frame
+
+__all__ = ["FRAME_BYTES_MAX", "MAGIC", "StreamHandler", "WireError", "batch_frame", "dial", "listen", "message_bytes"]
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"corral-peer/1\n"
-FRAME_BYTES_MAX = 256 * 1024 * 1024
-# A listener stops reading a connection while this many batches wait to be stepped.
+MAGIC = PEER_GREETING
+# A listener stops reading a connection while this many batches (or call messages) wait to be handled.
 PENDING_BATCHES_MAX = 64
-_HEADER = struct.Struct(">I")
 
 # Steps a batch at once (after any awaits of its own) and returns the future of its answer.
 Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
-
-
-class WireError(Exception):
-    """The other end broke the wire's rules (or went away); the connection is closed."""
+# A call stream's handler, as for gRPC: the messages read, the messages to send (no context).
+StreamHandler = Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]]
 
 
 def _varint(n: int) -> bytes:
@@ -68,86 +61,23 @@ def batch_frame(src: str, messages: list[bytes]) -> bytes:
     for m in messages:
         parts += (b"\x12", _varint(len(m)), m)
     body = b"".join(parts)
-    return _HEADER.pack(len(body)) + body
-
-
-class _Framed(asyncio.Protocol):
-    """Splits the byte stream into `pb.Batch`es, after `MAGIC` when `expect_magic`."""
-
-    def __init__(self, expect_magic: bool) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.error: WireError | CorralError | None = None  # why the connection ended, once it has
-        self._buffer = bytearray()
-        self._need_magic = expect_magic
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (uvloop's is not a subclass of asyncio.Transport, so no isinstance).
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        if self._need_magic:
-            if buf[: len(MAGIC)] != MAGIC[: len(buf)]:
-                self.fail(WireError("not a corral peer (bad greeting)"))
-                return
-            if len(buf) < len(MAGIC):
-                return
-            del buf[: len(MAGIC)]
-            self._need_magic = False
-        offset = 0
-        while len(buf) - offset >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buf, offset)
-            if size > FRAME_BYTES_MAX:
-                self.fail(WireError(f"a frame of {size} bytes is over the {FRAME_BYTES_MAX}-byte limit"))
-                return
-            end = offset + _HEADER.size + size
-            if len(buf) < end:
-                break
-            try:
-                batch = pb.Batch.FromString(bytes(buf[offset + _HEADER.size : end]))
-            except DecodeError as err:
-                self.fail(WireError(f"a frame is not a Batch: {err}"))
-                return
-            offset = end
-            self.on_batch(batch)
-            if self.error is not None:
-                return
-        del buf[:offset]
-
-    def on_batch(self, batch: pb.Batch) -> None:
-        raise NotImplementedError
-
-    def fail(self, err: WireError | CorralError) -> None:
-        """End the connection because of `err` (the first reason given is kept)."""
-        if self.error is None:
-            self.error = err
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.error is None:
-            self.error = WireError(f"connection lost: {exc}" if exc else "the peer closed the connection")
-        self.closed()
-
-    def closed(self) -> None:
-        """Called once, when the connection is gone."""
+    return HEADER.pack(len(body)) + body
 
 
 # -- the dialing end ---------------------------------------------------------------------------
 
 
-class Dialed(_Framed):
+class Dialed(Framed):
     """A connection to a peer's listener: `send` batches; `on_reply` gets each answer, in order, and
     `on_closed` runs once the connection is gone (`error` says why)."""
 
     def __init__(self, on_reply: Callable[[pb.Batch], None], on_closed: Callable[[], None]) -> None:
-        super().__init__(expect_magic=False)
+        super().__init__(pb.Batch.FromString)
         self._on_reply = on_reply
         self._on_closed = on_closed
 
-    def on_batch(self, batch: pb.Batch) -> None:
-        self._on_reply(batch)
+    def on_message(self, message: pb.Batch) -> None:
+        self._on_reply(message)
 
     def send(self, framed: bytes) -> None:
         """Send one frame (`batch_frame`)."""
@@ -176,30 +106,47 @@ async def dial(
 # -- the listening end ---------------------------------------------------------------------------
 
 
-class _Answering(_Framed):
-    """One dialer's connection: step each batch in arrival order, answer each in order once ready."""
+class _Accepted(Framed):
+    """One dialer's connection. A peer: step each batch in arrival order, answer each in order once
+    ready. A call stream: feed its messages to the stream's handler, send what the handler yields."""
 
-    def __init__(self, inbound: Inbound, me: str) -> None:
-        super().__init__(expect_magic=True)
+    def __init__(self, inbound: Inbound, me: str, streams: Mapping[bytes, tuple[type[Any], StreamHandler]]) -> None:
+        super().__init__(pb.Batch.FromString, greetings=(MAGIC, *streams))
         self._inbound = inbound
         self._me = me
-        self._pending: asyncio.Queue[pb.Batch] = asyncio.Queue()
+        self._streams = streams
+        self._pending: asyncio.Queue[Any] = asyncio.Queue()
         self._answers: deque[asyncio.Future[list[Message]]] = deque()
         self._paused = False
-        self._pump = asyncio.get_running_loop().create_task(self._run(), name="peer-answer")
+        self._pump: asyncio.Task[None] | None = None
 
-    def on_batch(self, batch: pb.Batch) -> None:
-        self._pending.put_nowait(batch)
+    def on_greeting(self, greeting: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        if greeting == MAGIC:
+            self._pump = loop.create_task(self._answer_peer(), name="peer-answer")
+            return
+        request_type, handler = self._streams[greeting]
+        self.decode = request_type.FromString
+        self._pump = loop.create_task(self._serve_stream(handler), name="call-stream")
+
+    def on_message(self, message: Any) -> None:
+        self._pending.put_nowait(message)
         if not self._paused and self._pending.qsize() >= PENDING_BATCHES_MAX and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
-    async def _run(self) -> None:
+    async def _next(self) -> Any:
+        message = await self._pending.get()
+        if self._paused and self._pending.qsize() < PENDING_BATCHES_MAX // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return message
+
+    # -- a peer
+
+    async def _answer_peer(self) -> None:
         while True:
-            batch = await self._pending.get()
-            if self._paused and self._pending.qsize() < PENDING_BATCHES_MAX // 2 and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
+            batch = await self._next()
             try:
                 answer = await self._inbound(batch)
             except CorralError as err:
@@ -223,20 +170,47 @@ class _Answering(_Framed):
         if frames and self.error is None and self.transport is not None:
             self.transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
 
-    def fail(self, err: WireError | CorralError) -> None:
+    # -- a call stream
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self._next()
+
+    async def _serve_stream(self, handler: StreamHandler) -> None:
+        try:
+            async for reply in handler(self._requests(), None):
+                if self.error is not None or self.transport is None:
+                    return
+                self.transport.write(frame(reply.SerializeToString()))
+        except CorralError as err:
+            self.fail(err)
+        except Exception as err:  # a bug in a handler: this stream ends, the node keeps serving
+            log.exception("node=%s a call stream failed", self._me)
+            self.fail(WireError(f"the stream failed: {type(err).__name__}"))
+
+    def fail(self, err: Exception) -> None:
         if self.error is None:
             level = logging.WARNING if isinstance(err, WireError) else logging.DEBUG
-            log.log(level, "node=%s closing a peer connection: %s", self._me, err)
+            log.log(level, "node=%s closing a wire connection: %s", self._me, err)
         super().fail(err)
 
     def closed(self) -> None:
-        self._pump.cancel()
+        if self._pump is not None:
+            self._pump.cancel()
 
 
-async def listen(host: str, port: int, inbound: Inbound, me: str) -> asyncio.Server:
-    """Serve the peer wire on host:port; `inbound` steps a batch and returns its answer's future."""
+async def listen(
+    host: str,
+    port: int,
+    inbound: Inbound,
+    me: str,
+    streams: Mapping[bytes, tuple[type[Any], StreamHandler]] | None = None,
+) -> asyncio.Server:
+    """Serve the wire on host:port: peers (`inbound` steps a batch and returns its answer's future),
+    and the call streams in `streams` (greeting -> the request message type and its handler)."""
     loop = asyncio.get_running_loop()
+    streams = dict(streams or {})
     try:
-        return await loop.create_server(lambda: _Answering(inbound, me), host, port, reuse_address=True)
+        return await loop.create_server(lambda: _Accepted(inbound, me, streams), host, port, reuse_address=True)
     except OSError as err:
         raise FailedPrecondition(f"cannot listen for peers on {host}:{port}: {err.strerror}") from err

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from corral import Compare, CompareOp, CompareTarget, Conflict, Put, Unavailable
+from corral import Client, Compare, CompareOp, CompareTarget, Conflict, Put, Unavailable
+from corral.config import free_port
 from tests.integration.harness import TEST_TIMEOUTS, LocalCluster, local_cluster, wait_until
 
 
@@ -321,3 +322,29 @@ def test_reads_spread_over_every_replica(cluster: LocalCluster) -> None:
     served = {n: after[n] - before[n] for n in before}
     assert sum(served.values()) == 300, served
     assert min(served.values()) >= 40, served
+
+
+def test_clients_call_over_the_wire_and_over_grpc_alike(cluster: LocalCluster) -> None:
+    """A client that found the cluster by the coordinator's address learns every node's wire address
+    and sends its writes and reads there; one that knows none calls over gRPC. Both see one store."""
+    coordinator = cluster.config.coordinator.address
+    with Client(coordinator, timeout=10) as wired:
+        expected = {(n.address, n.peer_address) for n in cluster.config.nodes.values()}
+        assert set(wired.aio.endpoints.wires) == expected
+        wired.put("/transport/wire", "w")
+        with cluster.client(timeout=10) as grpc_only:
+            grpc_only.aio.endpoints = replace(grpc_only.aio.endpoints, wires=())
+            grpc_only.put("/transport/grpc", "g")
+            for c in (wired, grpc_only):
+                got = {k: c.get(f"/transport/{k}") for k in ("wire", "grpc")}
+                assert {k: kv.value if kv else None for k, kv in got.items()} == {"wire": b"w", "grpc": b"g"}
+    # The wire is really used: a client pointed at a wire address nobody listens on cannot write,
+    # though the coordinator's gRPC address would answer.
+    with cluster.client(timeout=1.5) as misdirected:
+        misdirected.aio.endpoints = replace(
+            misdirected.aio.endpoints, wires=((coordinator, f"127.0.0.1:{free_port()}"),)
+        )
+        with pytest.raises(Unavailable):
+            misdirected.put("/transport/nowhere", "x")
+    with cluster.client(timeout=10) as c:
+        assert c.get("/transport/nowhere") is None

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from corral import Conflict, Put, Unavailable
-from corral.client.aio import Endpoints
 from tests.integration.harness import TEST_TIMEOUTS, LocalCluster, local_cluster, wait_until
 
 LEASE_MS = 1500
@@ -22,7 +21,7 @@ def _pinned(cluster: LocalCluster, replica: str, timeout: float) -> object:
     """A client whose reads all go to one replica."""
     node = cluster.config.node(replica)
     c = cluster.client(timeout=timeout)
-    c.aio.endpoints = Endpoints(cluster.config.coordinator.address, (node.address,), ())
+    c.aio.endpoints = replace(c.aio.endpoints, replicas=(node.address,))
     return c
 
 

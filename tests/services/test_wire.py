@@ -1,17 +1,22 @@
-"""The peer wire over real loopback TCP: frames, order of answers, and what closes a connection."""
+"""The wire over real loopback TCP: peer frames, order of answers, call streams, and what closes a connection."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import AsyncIterator, Coroutine
 
+import grpc
 import pytest
 
+from corral.client.streams import CallStream, StreamBroken
+from corral.client.wire_call import WireCall
 from corral.core.messages import Ack, Commit, Message, Prepare, TxnSpec
 from corral.errors import FailedPrecondition, Unavailable
 from corral.model import Put
 from corral.rpc import corral_pb2 as pb
 from corral.rpc.convert import batch_from_pb, batch_to_pb
+from corral.rpc.framing import TXNS_GREETING
 from corral.services.wire import FRAME_BYTES_MAX, MAGIC, batch_frame, dial, listen, message_bytes
 
 TIMEOUT_S = 10
@@ -146,6 +151,108 @@ def test_a_port_in_use_is_a_clear_error() -> None:
         port = int(address.rpartition(":")[2])
         with pytest.raises(FailedPrecondition, match="cannot listen for peers"):
             await listen("127.0.0.1", port, _Echo().inbound, "other")
+        server.close()
+
+    asyncio.run(main())
+
+
+# -- call streams over the wire ------------------------------------------------------------------
+
+
+async def _echo_txns(requests: AsyncIterator[pb.TxnCalls], context: object) -> AsyncIterator[pb.TxnReturns]:
+    """A Txns handler: answers each call with its id as the revision (closes on client_id "boom")."""
+    async for message in requests:
+        if any(call.request.client_id == "boom" for call in message.calls):
+            raise Unavailable("id 0 ends the stream")
+        yield pb.TxnReturns(
+            returns=[pb.TxnReturn(id=c.id, response=pb.TxnResponse(revision=c.id)) for c in message.calls]
+        )
+
+
+async def _serve_streams() -> tuple[asyncio.Server, str]:
+    server = await listen("127.0.0.1", 0, _Echo().inbound, "listener", {TXNS_GREETING: (pb.TxnCalls, _echo_txns)})
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def _calls(
+    stream: CallStream[pb.TxnRequest, pb.TxnResponse], n: int
+) -> list[Coroutine[object, object, pb.TxnResponse]]:
+    return [stream.call(pb.TxnRequest(client_id="c", seq=i), TIMEOUT_S) for i in range(n)]
+
+
+def _txn_stream(address: str) -> CallStream[pb.TxnRequest, pb.TxnResponse]:
+    return CallStream(
+        lambda: WireCall(address, TXNS_GREETING, pb.TxnReturns.FromString, TIMEOUT_S),
+        lambda i, request, ms: pb.TxnCall(id=i, request=request, timeout_ms=ms),
+        lambda calls: pb.TxnCalls(calls=calls),
+    )
+
+
+def test_a_call_stream_over_the_wire_answers_every_call_by_id_and_peers_still_work_on_the_same_port() -> None:
+    async def main() -> None:
+        server, address = await _serve_streams()
+        stream = _txn_stream(address)
+        answers = await asyncio.gather(*_calls(stream, 100))
+        # Each answer is the one for its own call (ids are 1..100 in call order).
+        assert [a.revision for a in answers] == list(range(1, 101))
+        got: asyncio.Future[pb.Batch] = asyncio.get_running_loop().create_future()
+        conn = await dial(address, got.set_result, lambda: None, TIMEOUT_S)
+        conn.send(batch_frame("dialer", [message_bytes(Commit(5, 5))]))
+        assert batch_from_pb(await asyncio.wait_for(got, TIMEOUT_S)) == [Ack(5, 5)]
+        assert conn.transport is not None
+        conn.transport.abort()
+        await stream.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_refused_connection_fails_calls_as_never_sent() -> None:
+    async def main() -> None:
+        server, address = await _serve_streams()
+        server.close()
+        await server.wait_closed()
+        stream = _txn_stream(address)
+        with pytest.raises(StreamBroken) as broken:
+            await stream.call(pb.TxnRequest(), TIMEOUT_S)
+        assert broken.value.code == grpc.StatusCode.UNAVAILABLE and not broken.value.sent
+        await stream.close()
+
+    asyncio.run(main())
+
+
+def test_a_stream_that_breaks_after_a_call_was_written_fails_it_as_maybe_applied_and_the_next_call_reconnects() -> None:
+    async def main() -> None:
+        server, address = await _serve_streams()
+        stream = _txn_stream(address)
+        assert (await stream.call(pb.TxnRequest(), TIMEOUT_S)).revision == 1
+        # The handler raising ends the connection (as a node stopping would).
+        broken_call = _txn_stream(address)
+        with pytest.raises(StreamBroken) as broken:
+            await broken_call.call(pb.TxnRequest(client_id="boom"), TIMEOUT_S)
+        assert broken.value.code == grpc.StatusCode.UNAVAILABLE and broken.value.sent
+        # The first stream was not affected; a new session on the broken one connects again.
+        assert (await stream.call(pb.TxnRequest(), TIMEOUT_S)).revision == 2
+        assert (await broken_call.call(pb.TxnRequest(), TIMEOUT_S)).revision == 2
+        await broken_call.close()
+        await stream.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"corral-nope/1\n", TXNS_GREETING + struct.pack(">I", 3) + b"\xff\xff\xff"],
+    ids=["unknown-greeting", "not-txn-calls"],
+)
+def test_a_bad_call_stream_is_closed_and_the_listener_keeps_serving(data: bytes) -> None:
+    async def main() -> None:
+        server, address = await _serve_streams()
+        assert await _raw(address, data) == b""
+        stream = _txn_stream(address)
+        assert (await stream.call(pb.TxnRequest(), TIMEOUT_S)).revision == 1
+        await stream.close()
         server.close()
 
     asyncio.run(main())
