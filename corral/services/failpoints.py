@@ -109,6 +109,11 @@ class Failpoints:
     def armed(self) -> dict[str, str]:
         return {name: a.kind for name, a in self._armed.items()}
 
+    @property
+    def any_armed(self) -> bool:
+        """False while no failpoint is armed: a hot path may skip naming the ones it would hit."""
+        return bool(self._armed)
+
     def hit(self, *names: str) -> Action | None:
         """Evaluate the failpoints `names` (first armed wins). crash/pause/sleep act here; the caller
         handles delay/drop/error from the returned action."""

@@ -60,8 +60,11 @@ class _Stalled(Exception):
     """The peer left a batch unanswered for longer than the link's timeout."""
 
 
+_KINDS: dict[type, str] = {Prepare: "prepare", Commit: "commit", Abort: "abort"}
+
+
 def _kind(msg: Message) -> str:
-    return {Prepare: "prepare", Commit: "commit", Abort: "abort"}.get(type(msg), "other")
+    return _KINDS.get(type(msg), "other")
 
 
 class Link:
@@ -76,9 +79,13 @@ class Link:
     def _take(self) -> list[Message]:
         """The next batch, after `<role>.send_<kind>[.<dst>]` failpoints dropped what they drop."""
         faults = self.owner.faults
+        count = min(len(self.queue), PEER_BATCH_MAX)
+        if not faults.any_armed:
+            popleft = self.queue.popleft
+            return [popleft() for _ in range(count)]
         role = faults.node_role
         kept = []
-        for _ in range(min(len(self.queue), PEER_BATCH_MAX)):
+        for _ in range(count):
             msg = self.queue.popleft()
             kind = _kind(msg)
             action = faults.hit(f"{role}.send_{kind}.{self.dst}", f"{role}.send_{kind}")
