@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Renew this many times per TTL: two renewals may be lost before the lease is in danger.
 RENEWALS_PER_TTL = 3
+# How long `close` waits for the keepalive task to finish before going on without it.
+CLOSE_WAIT_S = 2.0
 
 
 class Session:
@@ -46,6 +48,7 @@ class Session:
         self._callbacks: list[Callable[[Session], object]] = []
         self._renewed_at = time.monotonic()
         self._closed = False
+        self._call: grpc.aio.StreamStreamCall[pb.LeaseIdRequest, pb.LeaseReply] | None = None
         self._task = asyncio.get_running_loop().create_task(self._keepalive(), name=f"session-{lease_id}")
 
     def on_lost(self, callback: Callable[[Session], object]) -> None:
@@ -96,7 +99,7 @@ class Session:
         while not self._closed:
             sent: deque[float] = deque()
             stub = pb_grpc.ClientStub(self.client._channel(self.client.endpoints.coordinator))
-            call = stub.LeaseKeepAlive(self._requests(sent))
+            call = self._call = stub.LeaseKeepAlive(self._requests(sent))
             try:
                 while True:
                     remaining = self._renewed_at + self.ttl_s - time.monotonic()
@@ -128,9 +131,12 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        # End the stream first: a grpc aio read() that is cancelled while its call is still open
+        # can wait forever for the cancellation to land (seen: a CLI that never exited).
+        if self._call is not None:
+            self._call.cancel()
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
         if revoke and not self.lost.is_set():
             # The lease may have ended before we noticed (NotFound): then there is nothing to revoke.
             with contextlib.suppress(LeaseExpired, NotFound):

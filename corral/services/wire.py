@@ -117,7 +117,14 @@ class _Accepted(Framed):
         self._streams = streams
         self._pending: asyncio.Queue[Any] = asyncio.Queue()
         self._answers: deque[asyncio.Future[list[Message]]] = deque()
-        self._paused = False
+        # Reading stops while too much waits: messages not yet handled (`_backlog`), or answers the
+        # dialer is not reading (`_blocked`: the transport's buffer is over its high-water mark;
+        # then no more messages are handled either, so answers cannot pile up in memory).
+        self._backlog = False
+        self._blocked = False
+        self._reading = True
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._pump: asyncio.Task[None] | None = None
 
     def on_greeting(self, greeting: bytes) -> None:
@@ -131,16 +138,37 @@ class _Accepted(Framed):
 
     def on_message(self, message: Any) -> None:
         self._pending.put_nowait(message)
-        if not self._paused and self._pending.qsize() >= PENDING_BATCHES_MAX and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        if not self._backlog and self._pending.qsize() >= PENDING_BATCHES_MAX:
+            self._backlog = True
+            self._read_or_not()
 
     async def _next(self) -> Any:
+        if self._blocked:  # take no more work while the answers already made wait to be sent
+            await self._writable.wait()
         message = await self._pending.get()
-        if self._paused and self._pending.qsize() < PENDING_BATCHES_MAX // 2 and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+        if self._backlog and self._pending.qsize() < PENDING_BATCHES_MAX // 2:
+            self._backlog = False
+            self._read_or_not()
         return message
+
+    def pause_writing(self) -> None:
+        self._blocked = True
+        self._writable.clear()
+        self._read_or_not()
+
+    def resume_writing(self) -> None:
+        self._blocked = False
+        self._writable.set()
+        self._read_or_not()
+
+    def _read_or_not(self) -> None:
+        reading = not (self._backlog or self._blocked)
+        if reading != self._reading and self.transport is not None and self.error is None:
+            self._reading = reading
+            if reading:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     # -- a peer
 

@@ -16,7 +16,7 @@ from corral.errors import FailedPrecondition, Unavailable
 from corral.model import Put
 from corral.rpc import corral_pb2 as pb
 from corral.rpc.convert import batch_from_pb, batch_to_pb
-from corral.rpc.framing import TXNS_GREETING
+from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
 from corral.services.wire import FRAME_BYTES_MAX, MAGIC, batch_frame, dial, listen, message_bytes
 
 TIMEOUT_S = 10
@@ -253,6 +253,47 @@ def test_a_bad_call_stream_is_closed_and_the_listener_keeps_serving(data: bytes)
         stream = _txn_stream(address)
         assert (await stream.call(pb.TxnRequest(), TIMEOUT_S)).revision == 1
         await stream.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_a_dialer_that_does_not_read_its_answers_stops_being_read() -> None:
+    """Flow control: answers pile up in the listener only to the transport's high-water mark; then it
+    stops taking calls from that connection instead of buffering every answer in memory."""
+    sent = 200
+    handled = 0
+    all_handled = asyncio.Event()
+
+    async def big_answers(requests: AsyncIterator[pb.RangeCalls], context: object) -> AsyncIterator[pb.RangeReturns]:
+        nonlocal handled
+        async for message in requests:
+            handled += 1
+            if handled == sent:
+                all_handled.set()
+            value = b"x" * (1 << 20)
+            kvs = [pb.KeyValue(key="k", value=value)]
+            yield pb.RangeReturns(returns=[pb.RangeReturn(id=message.calls[0].id, response=pb.RangeResponse(kvs=kvs))])
+
+    async def main() -> None:
+        streams = {RANGES_GREETING: (pb.RangeCalls, big_answers)}
+        server = await listen("127.0.0.1", 0, _Echo().inbound, "listener", streams)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = pb.RangeCalls(calls=[pb.RangeCall(id=1, request=pb.RangeRequest(key="k"))]).SerializeToString()
+        writer.write(RANGES_GREETING + b"".join(struct.pack(">I", len(request)) + request for _ in range(sent)))
+        # Unchecked, all 200 are handled in milliseconds; a second passes without that.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(all_handled.wait(), 1.0)
+        assert 0 < handled < sent // 4
+        # Reading the answers lets it go on: every call is answered in the end.
+        answers = 0
+        while answers < sent:
+            (size,) = struct.unpack(">I", await asyncio.wait_for(reader.readexactly(4), TIMEOUT_S))
+            pb.RangeReturns.FromString(await asyncio.wait_for(reader.readexactly(size), TIMEOUT_S))
+            answers += 1
+        assert handled == sent
+        writer.close()
         server.close()
 
     asyncio.run(main())
