@@ -35,6 +35,10 @@ from corral.records import Record, TxId
 
 NodeName = str
 
+# Tuples, not `Put | Delete`: a union written in a hot loop is built anew at every test.
+_NAMED = (Put, Delete)  # writes that name an existing key
+_PUTS = (Put, PutSequential)  # writes that may attach a lease
+
 
 # -- transactions ------------------------------------------------------------------------------
 
@@ -53,7 +57,7 @@ class TxnSpec:
     def keys(self) -> frozenset[str]:
         """Every key the transaction names (compares, puts, deletes): the unit of the first-wins rule.
         A sequential put names no existing key; a DeleteByLease's keys are found by each replica."""
-        named = [w.key for w in self._writes() if isinstance(w, Put | Delete)]
+        named = [w.key for w in self._writes() if isinstance(w, _NAMED)]
         return frozenset([c.key for c in self.compares] + named)
 
     def compare_keys(self) -> tuple[str, ...]:
@@ -64,7 +68,7 @@ class TxnSpec:
 
     def leases_attached(self) -> frozenset[int]:
         """Leases that puts of this transaction attach keys to."""
-        return frozenset(w.lease for w in self._writes() if isinstance(w, Put | PutSequential) and w.lease)
+        return frozenset(w.lease for w in self._writes() if isinstance(w, _PUTS) and w.lease)
 
     def validate(self, limits: Limits, *, internal: bool = False) -> None:
         """Everything the store would refuse at apply time, refused before prepare instead: a decided
@@ -99,7 +103,7 @@ class TxnSpec:
                     raise InvalidArgument(f"key {w.key!r} is written twice in one branch of a transaction", field="key")
                 else:
                     seen.add(w.key)
-                if isinstance(w, Put | PutSequential):
+                if isinstance(w, _PUTS):
                     check_value_size(w.value, limits)
             for key in seen:
                 for prefix in prefixes:
@@ -117,7 +121,7 @@ class TxnSpec:
         keys each deleted lease holds."""
         succeeded = all(c.holds(reads.get(c.key)) for c in self.compares)
         out: list[PreparedWrite] = []
-        explicit = {w.key for w in self._writes() if isinstance(w, Put | Delete)}
+        explicit = {w.key for w in self._writes() if isinstance(w, _NAMED)}
         for w in self.on_success if succeeded else self.on_failure:
             if isinstance(w, DeleteByLease):
                 out.extend(Delete(k) for k in lease_keys.get(w.lease, ()) if k not in explicit)

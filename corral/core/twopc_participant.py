@@ -361,7 +361,7 @@ class Participant:
 
     @staticmethod
     def _attaches(p: _Prepared, leases: Sequence[int]) -> bool:
-        return any(isinstance(w, Put | PutSequential) and w.lease in leases for w in p.writes)
+        return any(isinstance(w, (Put, PutSequential)) and w.lease in leases for w in p.writes)
 
     def _on_decision(self, out: EffectsBuilder, txid: TxId, revision: int | None) -> None:
         p = self._prepared.get(txid)

@@ -106,7 +106,7 @@ def write_from_pb(m: pb.Write) -> TxnWrite:
 def stored_write_from_pb(m: pb.Write) -> Write:
     """A write of committed history (catch-up): only puts and deletes exist there."""
     w = write_from_pb(m)
-    if not isinstance(w, Put | Delete):
+    if not isinstance(w, (Put, Delete)):
         raise InvalidArgument(f"committed history holds puts and deletes, not {type(w).__name__}")
     return w
 

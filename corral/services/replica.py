@@ -136,7 +136,7 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
                     ev = event
                     if isinstance(ev, Received):
                         msg = ev.msg
-                        if isinstance(msg, FetchRequest | SnapshotRequest):
+                        if isinstance(msg, (FetchRequest, SnapshotRequest)):
                             # Catch-up is served by the shell from the store; the core is not involved.
                             sends.append(Envelope(ev.src, serve_catch_up(core, self.storage, msg)))
                             continue

@@ -152,7 +152,7 @@ class StoreTxn:
         final: list[Write] = [w.materialize(revision) if isinstance(w, PutSequential) else w for w in writes]
         seen: set[str] = set()
         for w in final:
-            if not isinstance(w, Put | Delete):
+            if not isinstance(w, (Put, Delete)):
                 raise InvalidArgument(f"a write must be Put, Delete or PutSequential, got {type(w).__name__}")
             if w.key in seen:
                 raise InvalidArgument(f"key {w.key!r} appears twice in one transaction", field="key")
