@@ -474,18 +474,22 @@ class AsyncClient:
 
     async def compact(self, revision: int, *, timeout: float = 10.0) -> None:
         """Forget history below `revision` on every replica (reads and watches before it get
-        Compacted). A replica that is down is skipped; compact again once it is back."""
-        for name, role, address in self.endpoints.nodes:
-            if role != "replica":
-                continue
+        Compacted). A replica that is down is skipped; compact again once it is back. The replicas
+        compact at once, each after it has applied `revision` (a revision none reaches is refused)."""
+
+        async def one(name: str, address: str) -> pb.CompactResponse | None:
             try:
-                reply = await pb_grpc.AdminStub(self._channel(address)).Compact(
+                return await pb_grpc.AdminStub(self._channel(address)).Compact(
                     pb.CompactRequest(revision=revision), timeout=timeout
                 )
             except grpc.aio.AioRpcError:
                 log.warning("compact: %s (%s) did not answer; skipped", name, address)
-                continue
-            raise_if_error(reply.error)
+                return None
+
+        replicas = [(name, address) for name, role, address in self.endpoints.nodes if role == "replica"]
+        for reply in await asyncio.gather(*(one(name, address) for name, address in replicas)):
+            if reply is not None:
+                raise_if_error(reply.error)
 
     # -- administration --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 
 import grpc
 
@@ -69,6 +70,9 @@ WATCH_REVISIONS_MAX = 1000
 # How long a read waits for a read lease that is about to be granted (a replica that just started,
 # or one between renewals); longer and a cut-off replica would hold reads before clients fail over.
 LEASE_WAIT_S = 0.3
+# How long a compaction waits for this replica to apply the revision it names (a COMMIT in flight); a
+# revision no replica has reached is refused after that.
+COMPACT_WAIT_S = 2.0
 
 _STEP_FAILPOINT = {Prepare: "replica.on_prepare", Commit: "replica.on_commit", Abort: "replica.on_abort"}
 # Records whose durability can wait for another batch's fsync (WalSync lazy waiters).
@@ -361,6 +365,17 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             except TimeoutError:
                 continue
 
+    async def _wait_for_revision(self, revision: int, timeout_s: float) -> None:
+        """Until the store has applied `revision`, at most `timeout_s` (then the caller's check fails)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.storage.revision < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
     async def _wait_unlocked(self, locked: Callable[[], bool], what: str, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -403,7 +418,12 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
 
     async def Compact(self, request: pb.CompactRequest, context: Context) -> pb.CompactResponse:
         try:
-            self.storage.store.compact(request.revision)
+            revision = validate_revision(request.revision)
+            # A write is acknowledged once every replica prepared it; this one may apply its COMMIT a
+            # moment later. Compacting at the revision just written waits for that apply.
+            wait_s = min(COMPACT_WAIT_S, deadline_s(context, self.config.timeouts.request_timeout_ms))
+            await self._wait_for_revision(revision, wait_s)
+            self.storage.store.compact(revision)
         except CorralError as err:
             return pb.CompactResponse(error=error_to_pb(err))
         return pb.CompactResponse(compact_revision=self.storage.store.compact_revision)

@@ -129,6 +129,12 @@ class LocalCluster:
         self._clients.append(c)
         return c
 
+    def pinned_client(self, replica: str, timeout: float) -> Client:
+        """A client whose reads all go to one replica."""
+        c = self.client(timeout=timeout)
+        c.aio.endpoints = replace(c.aio.endpoints, replicas=(self.config.node(replica).address,))
+        return c
+
     def status(self) -> dict[str, NodeStatus]:
         with self.client(timeout=2) as c:
             return {s.name: s for s in c.status(timeout=1.0)}

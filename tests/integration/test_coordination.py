@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from corral import Compacted, EventKind, LeaseExpired, NotFound
+from corral import Compacted, EventKind, InvalidArgument, LeaseExpired, NotFound
 from corral.client import connect_async
 from tests.integration.harness import LocalCluster, local_cluster
 
@@ -218,3 +218,25 @@ def test_watch_sees_puts_and_deletes_with_previous_values(cluster: LocalCluster)
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_compact_at_the_newest_revision_waits_for_a_replica_still_applying_it(cluster: LocalCluster) -> None:
+    """A put is acknowledged once every replica has prepared it; one replica may apply its COMMIT a
+    moment later. Compacting at the revision just written must wait for that apply, not refuse it
+    with "the store is at r-1"."""
+    with cluster.client(timeout=10) as c:
+        c.put("/cmp/k", "0")
+        slow = cluster.replicas[-1]
+        cluster.failpoint(slow, "replica.recv", "delay(400)")  # its COMMITs arrive 0.4 s late
+        try:
+            revision = c.put("/cmp/k", "1")
+            c.compact(revision)
+        finally:
+            cluster.failpoint(slow, "replica.recv", "off")
+        statuses = cluster.status()
+        assert statuses[slow].revision >= revision
+        with pytest.raises(InvalidArgument, match="cannot compact at revision"):
+            c.compact(revision + 1000)  # no replica reaches it: refused after a bounded wait
+    for name in cluster.replicas:  # compacted on each replica
+        with cluster.pinned_client(name, timeout=10) as pinned, pytest.raises(Compacted):
+            pinned.get("/cmp/k", revision=revision - 1)

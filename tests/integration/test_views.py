@@ -11,18 +11,10 @@ from pathlib import Path
 import pytest
 
 from corral import Conflict, Put, Unavailable
-from tests.integration.harness import TEST_TIMEOUTS, LocalCluster, local_cluster, wait_until
+from tests.integration.harness import TEST_TIMEOUTS, local_cluster, wait_until
 
 LEASE_MS = 1500
 TIMEOUTS = replace(TEST_TIMEOUTS, read_lease_ms=LEASE_MS)
-
-
-def _pinned(cluster: LocalCluster, replica: str, timeout: float) -> object:
-    """A client whose reads all go to one replica."""
-    node = cluster.config.node(replica)
-    c = cluster.client(timeout=timeout)
-    c.aio.endpoints = replace(c.aio.endpoints, replicas=(node.address,))
-    return c
 
 
 def test_kill_a_replica_under_load_writes_resume_within_two_leases(tmp_path: Path) -> None:
@@ -93,7 +85,7 @@ def test_cut_off_replica_stops_serving_reads_before_it_is_dropped(tmp_path: Path
                     acked.append((time.monotonic(), n))
 
         def reader() -> None:
-            with _pinned(cluster, "replica-2", timeout=0.5) as c:  # type: ignore[attr-defined]
+            with cluster.pinned_client("replica-2", timeout=0.5) as c:
                 while not stop.is_set():
                     started = time.monotonic()
                     floor = max(v for t, v in acked if t <= started)  # acknowledged before the read began
@@ -178,7 +170,7 @@ def test_replica_behind_a_compaction_rejoins_from_a_snapshot(tmp_path: Path) -> 
         assert status[victim].digest == digest and status[victim].revision == revision_now
         assert victim in status["coordinator"].view_members
         assert "installed a snapshot" in cluster.log(victim)
-        with _pinned(cluster, victim, 10) as pinned:  # type: ignore[attr-defined]
+        with cluster.pinned_client(victim, 10) as pinned:
             assert pinned.get("/snap/gone") is None
             kv = pinned.get("/snap/24/099")
             assert kv is not None and kv.value == b"24.99"
