@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,7 +80,7 @@ async def _etcd_worker(spec: dict[str, object]) -> dict[str, object]:
         return await _drive(spec, put, get)
     finally:
         for c in channels:
-            await c.close()
+            await c.close(None)
 
 
 async def _drive(spec: dict[str, object], put, get) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -271,14 +272,17 @@ def run_phase(system: str, endpoints: dict[str, object], phase: str, clients: in
         workers.append(
             subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE)
         )
-    results = []
+    results: list[dict[str, Any]] = []
     for p in workers:
         out, _ = p.communicate(timeout=args.duration * 10 + 120)
         if p.returncode != 0:
             raise SystemExit(f"a {system} {phase} worker failed")
         results.append(json.loads(out))
     latencies = sorted(x for r in results for x in r["latencies"])
-    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0  # noqa: E731
+
+    def pct(q: float) -> float:
+        return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if latencies else 0.0
+
     return Phase(
         system,
         phase,
