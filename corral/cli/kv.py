@@ -1,4 +1,4 @@
-"""`corral put | get | del | range | txn | failpoint`: the key/value store from the shell.
+"""`corral put | get | del | range | txn | compact | failpoint`: the key/value store from the shell.
 
 Transactions: `corral txn --if 'KEY TARGET OP OPERAND' ... --then 'put KEY VALUE' --then 'del KEY'
 --else ...`, where TARGET is value|version|create_revision|mod_revision|lease and OP is == != < >.
@@ -114,6 +114,13 @@ def cmd_txn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.compact(args.revision)
+    print(f"compacted at revision {args.revision}")
+    return 0
+
+
 def cmd_failpoint(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.set_failpoint(args.node, args.name, args.action)
@@ -157,6 +164,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--then", action="append", default=[], metavar="'put KEY VALUE' | 'del KEY'")
     p.add_argument("--else", dest="otherwise", action="append", default=[], metavar="'put KEY VALUE' | 'del KEY'")
     p.set_defaults(handler=cmd_txn)
+
+    p = sub.add_parser("compact", help="forget history below a revision on every replica (as etcdctl compact)")
+    p.add_argument("revision", type=int, help="reads and watches before it get Compacted from then on")
+    p.set_defaults(handler=cmd_compact)
 
     p = sub.add_parser("failpoint", help="arm a failpoint on a node (testing): NODE NAME ACTION")
     p.add_argument("node")

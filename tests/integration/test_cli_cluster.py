@@ -36,6 +36,13 @@ def test_up_status_kv_down(tmp_path: Path) -> None:
         txn = corral("txn", "--if", 'greeting value == "hello world"', "--then", "put greeting bye", cwd=tmp_path)
         assert txn.stdout.strip() == "succeeded revision 3"
         assert corral("del", "greeting", cwd=tmp_path).stdout.strip() == "4"
+        compacted = corral("compact", "3", cwd=tmp_path)
+        assert compacted.returncode == 0 and compacted.stdout.strip() == "compacted at revision 3", compacted.stderr
+        old = corral("get", "greeting", "--rev", "1", cwd=tmp_path)
+        assert old.returncode == 1 and "revision 1 was compacted" in old.stderr, old.stdout + old.stderr
+        future = corral("compact", "99", cwd=tmp_path)
+        assert future.returncode == 2 and "cannot compact at revision 99" in future.stderr, future.stderr
+        assert len(future.stderr.strip().splitlines()) == 1  # one readable line
         assert corral("range", "", cwd=tmp_path).stdout == ""
 
         # $CORRAL_CLUSTER wins over the default lookup.
