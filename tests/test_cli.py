@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.cli.main import EXIT_BUG, EXIT_FAILURE, EXIT_USAGE, exit_status
-from corral.errors import Conflict, Internal, InvalidArgument, NotFound, Unavailable
+from corral.errors import Conflict, CorralError, Internal, InvalidArgument, NotFound, Unavailable
 
 
 def _corral() -> list[str]:
@@ -45,5 +45,5 @@ def test_unknown_command_is_a_usage_error() -> None:
         (Internal("x"), EXIT_BUG),
     ],
 )
-def test_exit_status_by_error(err: Exception, status: int) -> None:
-    assert exit_status(err) == status  # type: ignore[arg-type]
+def test_exit_status_by_error(err: CorralError, status: int) -> None:
+    assert exit_status(err) == status

@@ -50,7 +50,7 @@ CORE_CORRAL = {"corral.model", "corral.records", "corral.errors", "corral.limits
 
 
 def _imports(path: Path) -> list[str]:
-    names = []
+    names: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)

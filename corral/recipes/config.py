@@ -17,7 +17,7 @@ between is not missed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 
 from corral.client.aio import AsyncClient
@@ -87,7 +87,9 @@ class Config:
         """Every setting now, by relative key."""
         return {kv.key[len(self._base) :]: kv.value for kv in await self._client.range(self._base)}
 
-    async def changes(self, start_revision: int = 0, timeout: float | None = None) -> AsyncIterator[ConfigChange]:
+    async def changes(
+        self, start_revision: int = 0, timeout: float | None = None
+    ) -> AsyncGenerator[ConfigChange, None]:
         """Every change from `start_revision` (0: from now) on, in revision order.
 
         Raises:
@@ -101,7 +103,7 @@ class Config:
                 value = None if event.kind is EventKind.DELETE else event.kv.value
                 yield ConfigChange(event.kv.key[len(self._base) :], value, event.kv.mod_revision)
 
-    async def watch(self, timeout: float | None = None) -> AsyncIterator[dict[str, bytes]]:
+    async def watch(self, timeout: float | None = None) -> AsyncGenerator[dict[str, bytes], None]:
         """The whole configuration now, then again after each change (each from a fresh read).
 
         Raises:

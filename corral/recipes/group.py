@@ -17,7 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -144,7 +144,9 @@ class GroupMembership:
             out[member] = Member(member, kv.value, kv.create_revision)
         return out
 
-    async def watch(self, start_revision: int = 0, timeout: float | None = None) -> AsyncIterator[MembershipEvent]:
+    async def watch(
+        self, start_revision: int = 0, timeout: float | None = None
+    ) -> AsyncGenerator[MembershipEvent, None]:
         """Every join, update and leave from `start_revision` (0: from now) on, in order.
 
         Raises:

@@ -12,6 +12,7 @@ from corral.core.messages import (
     ClientTxn,
     Commit,
     Effects,
+    Envelope,
     ErrorInfo,
     Join,
     LeaseRequest,
@@ -47,8 +48,8 @@ def grant(c: Coordinator, ttl_ms: int, now: int = 0) -> int:
     return info.id
 
 
-def vote_all(c: Coordinator, txid: int, now: int, digest: str = "d") -> list[object]:
-    replies = []
+def vote_all(c: Coordinator, txid: int, now: int, digest: str = "d") -> list[TxnResult | LeaseInfo | ErrorInfo]:
+    replies: list[TxnResult | LeaseInfo | ErrorInfo] = []
     for r in NODES:
         replies += [x.result for x in c.step(Received(r, Vote(txid, True, True, digest=digest)), now).reply]
     return replies
@@ -59,10 +60,10 @@ def test_lease_expiry_deletes_its_keys_in_one_transaction() -> None:
     c = coordinator()
     lease = grant(c, 1000)
     eff = c.step(Tick(), 1000)
-    prepares = [e for e in eff.send if isinstance(e.msg, Prepare)]
+    prepares = [e.msg for e in eff.send if isinstance(e.msg, Prepare)]
     assert len(prepares) == 3
-    assert prepares[0].msg.txn == TxnSpec(on_success=(DeleteByLease(lease),))
-    txid = prepares[0].msg.txid
+    assert prepares[0].txn == TxnSpec(on_success=(DeleteByLease(lease),))
+    txid = prepares[0].txid
     for r in NODES:
         eff = c.step(Received(r, Vote(txid, True, True, digest="x")), 1001)
     assert LeaseEndRecord(lease) in eff.persist
@@ -106,7 +107,7 @@ def test_a_lease_ends_only_after_in_flight_attachments_settle() -> None:
     (put_txid,) = {e.msg.txid for e in eff.send if isinstance(e.msg, Prepare)}
     eff = c.step(Tick(), 1000)  # expired, but a put attaching to it is in flight
     assert not any(isinstance(e.msg, Prepare) for e in eff.send)
-    sends = []
+    sends: list[Envelope] = []
     for r in NODES:
         eff = c.step(Received(r, Vote(put_txid, True, True, digest="d")), 1001)
         sends += eff.send

@@ -49,7 +49,7 @@ def test_bad_state_is_rejected_and_nothing_changes(state: object) -> None:
     a = SnapshotArray(2)
     a.set_state(1, 4)
     with pytest.raises(InvalidArgument, match="state"):
-        a.set_state(1, state)  # type: ignore[arg-type]
+        a.set_state(1, state)  # type: ignore[arg-type]  # deliberately not an int: checks the runtime check
     assert a.current_state(1) == 4
 
 
@@ -63,14 +63,14 @@ def test_snapshot_never_taken() -> None:
     with pytest.raises(NotFound):
         a.fetch_state(0, -1)
     with pytest.raises(InvalidArgument, match="snapshot_id must be an int"):
-        a.fetch_state(0, "0")  # type: ignore[arg-type]
+        a.fetch_state(0, "0")  # type: ignore[arg-type]  # deliberately a str: checks the runtime check
 
 
 def test_bad_n() -> None:
     with pytest.raises(InvalidArgument):
         SnapshotArray(-1)
     with pytest.raises(InvalidArgument):
-        SnapshotArray(2.0)  # type: ignore[arg-type]
+        SnapshotArray(2.0)  # type: ignore[arg-type]  # deliberately a float: checks the runtime check
     empty = SnapshotArray(0)
     with pytest.raises(InvalidArgument, match="no nodes"):
         empty.set_state(0, 1)

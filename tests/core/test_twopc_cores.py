@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from corral.core.leases import LeaseInfo
 from corral.core.messages import (
     Abort,
     Ack,
@@ -43,6 +44,7 @@ from corral.records import (
     EpochRecord,
     ParticipantDisk,
     PreparedRecord,
+    Record,
     ViewRecord,
     make_txid,
 )
@@ -58,7 +60,7 @@ class Wire:
     coord: Coordinator
     parts: dict[str, Participant]
     data: dict[str, dict[str, KeyValue]] = field(default_factory=dict)
-    replies: dict[int, TxnResult | ErrorInfo] = field(default_factory=dict)
+    replies: dict[int, TxnResult | LeaseInfo | ErrorInfo] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     held: list[Envelope] = field(default_factory=list)  # sends intercepted by `hold`
     hold: set[str] = field(default_factory=set)
@@ -210,7 +212,7 @@ def test_retry_of_a_committed_request_is_answered_not_reapplied() -> None:
 
 def test_coordinator_restart_rebuilds_retry_memory_and_resends_unended_commits() -> None:
     """Coordinator recovery: COMMIT without END is re-sent; decisions answer retries after restart."""
-    log = [EpochRecord(1), CommitRecord(5, 1, "cl", 3, True)]
+    log: list[Record] = [EpochRecord(1), CommitRecord(5, 1, "cl", 3, True)]
     coord = Coordinator("c", NODES, CoordinatorDisk.from_records(log), timeouts=T)
     eff = coord.start(0)
     assert eff.persist == (EpochRecord(2), ViewRecord(1, NODES))  # a log from before views: all are members

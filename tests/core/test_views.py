@@ -320,7 +320,8 @@ def _dropped_in_doubt() -> tuple[Participant, int]:
     p = Participant("r3", "c", NODES, ParticipantDisk(), timeouts=T)
     p.step(Received("c", LeaseGrant(1, NODES, T.read_lease_ms, 100)), 101)
     eff = p.step(Received("c", Prepare(42, put("k"), NODES), {}), 102)
-    assert eff.send[0].msg.yes  # type: ignore[union-attr]
+    vote = eff.send[0].msg
+    assert isinstance(vote, Vote) and vote.yes
     return p, 42
 
 

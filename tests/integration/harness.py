@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar, Unpack
 
 from corral.cli.cluster import healthy, start_node
 from corral.client import Client, NodeStatus
@@ -33,7 +33,21 @@ START_TIMEOUT_S = 30.0
 _T = TypeVar("_T")
 
 
-def wait_until(check: Callable[[], _T], timeout_s: float, what: str, interval_s: float = 0.05) -> _T:
+class ClientOptions(TypedDict, total=False):
+    """Keyword arguments of `Client` (its defaults apply to those left out)."""
+
+    timeout: float
+    client_id: str | None
+
+
+class ClusterOptions(TypedDict, total=False):
+    """Keyword arguments of `LocalCluster` (its defaults apply to those left out)."""
+
+    replicas: int
+    timeouts: Timeouts
+
+
+def wait_until(check: Callable[[], _T | None], timeout_s: float, what: str, interval_s: float = 0.05) -> _T:
     """Poll `check` until it returns something truthy; fail with `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last: _T | None = None
@@ -124,8 +138,8 @@ class LocalCluster:
 
     # -- clients ------------------------------------------------------------------------------
 
-    def client(self, **kwargs: object) -> Client:
-        c = Client(self.path, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: Unpack[ClientOptions]) -> Client:
+        c = Client(self.path, **kwargs)
         self._clients.append(c)
         return c
 
@@ -169,8 +183,8 @@ class LocalCluster:
 
 
 @contextmanager
-def local_cluster(root: Path, **kwargs: object) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(root, **kwargs)  # type: ignore[arg-type]
+def local_cluster(root: Path, **kwargs: Unpack[ClusterOptions]) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(root, **kwargs)
     try:
         yield cluster
     finally:

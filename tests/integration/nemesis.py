@@ -51,6 +51,12 @@ class NemesisResult:
         )
 
 
+def _int(value: object) -> int:
+    """A number of a history line (client ids, times and revisions are all ints)."""
+    assert isinstance(value, int), f"not an int: {value!r}"
+    return value
+
+
 def to_operation(rec: dict[str, object], index: int) -> Operation | None:
     """A history line as a checker Operation; None for operations known not to have happened."""
     if rec["status"] == "failed":
@@ -65,14 +71,14 @@ def to_operation(rec: dict[str, object], index: int) -> Operation | None:
     elif kind is OpKind.CAS:
         output = bool(rec["output"])
     return Operation(
-        client=int(rec["client"]),  # type: ignore[call-overload]
+        client=_int(rec["client"]),
         kind=kind,
         key=str(rec["key"]),
         value=None if value is None else str(value).encode(),
         expected=None if expected is None else str(expected).encode(),
         output=output,
-        call=int(rec["call"]),  # type: ignore[call-overload]
-        ret=None if ret is None else int(ret),  # type: ignore[call-overload]
+        call=_int(rec["call"]),
+        ret=None if ret is None else _int(ret),
     )
 
 
@@ -231,7 +237,7 @@ def _lost_writes(cluster: LocalCluster, operations: list[dict[str, object]]) -> 
         with cluster.client(timeout=10) as c:
             c.aio.endpoints = endpoints
             for o in acked:
-                kv = c.get(str(o["key"]), revision=int(o["revision"]), serializable=True)  # type: ignore[call-overload]
+                kv = c.get(str(o["key"]), revision=_int(o["revision"]), serializable=True)
                 if kv is None or kv.value.decode() != o["value"] or kv.mod_revision != o["revision"]:
                     lost.append(f"{node.name}: {o['key']}={o['value']} at revision {o['revision']} (found {kv})")
     return lost

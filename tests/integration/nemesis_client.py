@@ -40,6 +40,7 @@ def run(config: str, client_id: int, seconds: float, seed: int, out_path: Path) 
             expected = last_seen.get(key) if rng.random() < 0.8 else rng.choice([None, b"0-0"])
             record: dict[str, object] = {"client": client_id, "kind": kind, "key": key}
             call = time.monotonic_ns()
+            output: str | bool | None
             status, output, revision = "ok", None, 0
             try:
                 if kind == "put":

@@ -101,7 +101,7 @@ def test_garbage_peer_batch_is_refused_and_nobody_dies(cluster: LocalCluster) ->
         bad = pb.Batch(src="coordinator", messages=[pb.PeerMessage()])
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.PeerStub(channel).Step(bad, timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert all(s.up for s in cluster.status().values())
 
 
@@ -119,7 +119,7 @@ def test_garbage_on_the_peer_port_is_cut_off_and_nobody_dies(cluster: LocalClust
 def test_sdk_checks_before_sending(cluster: LocalCluster) -> None:
     with cluster.client() as c:
         with pytest.raises(InvalidArgument, match="value must be bytes or str, got int"):
-            c.put("k", 5)  # type: ignore[arg-type]
+            c.put("k", 5)  # type: ignore[arg-type]  # deliberately not bytes or str: checks the SDK check
         with pytest.raises(InvalidArgument, match="key is empty"):
             c.get("")
         with pytest.raises(InvalidArgument, match="timeout must be a positive"):

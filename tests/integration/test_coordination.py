@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from corral import Compacted, EventKind, InvalidArgument, LeaseExpired, NotFound
-from corral.client import connect_async
+from corral import Compacted, Event, EventKind, InvalidArgument, LeaseExpired, NotFound
+from corral.client import AsyncClient, connect_async
 from tests.integration.harness import LocalCluster, local_cluster
 
 
@@ -46,9 +46,9 @@ def test_keys_of_an_ended_lease_are_deleted_together(cluster: LocalCluster) -> N
             c.put("/eph/late", "x", lease=lease.id)
 
 
-async def _collect(cluster: LocalCluster, prefix: str, start: int, count: int) -> list:  # type: ignore[type-arg]
+async def _collect(cluster: LocalCluster, prefix: str, start: int, count: int) -> list[Event]:
     client = await connect_async(cluster.path, timeout=10)
-    events = []
+    events: list[Event] = []
     try:
         async with asyncio.timeout(20):
             async for event in client.watch(prefix, prefix=True, start_revision=start):
@@ -102,7 +102,7 @@ def test_a_lost_session_is_reported_and_its_keys_vanish(cluster: LocalCluster) -
     asyncio.run(scenario())
 
 
-async def _until_gone(client, key: str) -> None:  # type: ignore[no-untyped-def]
+async def _until_gone(client: AsyncClient, key: str) -> None:
     """Return once `key` is deleted (watching from just after its last write, so a deletion that
     already happened is seen too)."""
     kv = await client.get(key)

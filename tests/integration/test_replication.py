@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from corral import Client, Compare, CompareOp, CompareTarget, Conflict, Put, Unavailable
+from corral import Client, Compare, CompareOp, CompareTarget, Conflict, KeyValue, Put, Unavailable
 from corral.config import free_port
 from tests.integration.harness import TEST_TIMEOUTS, LocalCluster, local_cluster, wait_until
 
@@ -26,6 +26,11 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with local_cluster(tmp_path) as c:
         c.start()
         yield c
+
+
+def _value(kv: KeyValue | None) -> bytes | None:
+    """The value read; None for a key that is not there."""
+    return None if kv is None else kv.value
 
 
 def _values(cluster: LocalCluster, key: str) -> set[bytes | None]:
@@ -52,15 +57,15 @@ def test_put_get_del_survive_a_restart_of_every_process(cluster: LocalCluster) -
     cluster.stop()
     cluster.start()
     with cluster.client() as c:
-        assert c.get("/k/0").value == b"changed"  # type: ignore[union-attr]
+        assert _value(c.get("/k/0")) == b"changed"
         assert c.get("/k/3") is None
         assert len(c.range("/k/")) == 19
         c.put("/k/after", "x")
     cluster.kill()
     cluster.start()
     with cluster.client() as c:
-        assert c.get("/k/after").value == b"x"  # type: ignore[union-attr]
-        assert c.get("/k/0", revision=rev - 1).value == b"v0"  # type: ignore[union-attr]
+        assert _value(c.get("/k/after")) == b"x"
+        assert _value(c.get("/k/0", revision=rev - 1)) == b"v0"
     revision, _ = cluster.wait_converged()
     assert revision == rev + 1
 
@@ -115,7 +120,7 @@ def test_replica_crash_before_voting_aborts_then_recovers(cluster: LocalCluster)
     cluster.wait_exited("replica-2")
     with cluster.client(timeout=10) as c:
         cluster.start("replica-2")
-        assert c.get("k").value == b"old"  # type: ignore[union-attr]
+        assert _value(c.get("k")) == b"old"
         c.put("k", "newer")
     cluster.wait_converged()
     assert _values(cluster, "k") == {b"newer"}
@@ -219,12 +224,12 @@ def test_reads_of_an_in_doubt_key_fail_while_the_coordinator_is_down(tmp_path: P
                     c.get("doubt")
                 # It waited for an outcome until (about) the 1 s deadline, then gave up; not at once.
                 assert 0.5 <= time.monotonic() - started <= 3.0
-                assert c.get("other").value == b"fine"  # type: ignore[union-attr]
+                assert _value(c.get("other")) == b"fine"
             # A serializable read answers at once, from the replica's applied state.
-            assert c.get("doubt", serializable=True).value == b"old"  # type: ignore[union-attr]
+            assert _value(c.get("doubt", serializable=True)) == b"old"
         cluster.start("coordinator")
         with cluster.client(timeout=10) as c:
-            assert c.get("doubt").value == b"old"  # type: ignore[union-attr]
+            assert _value(c.get("doubt")) == b"old"
 
 
 def test_without_the_coordinator_linearizable_reads_stop_when_leases_expire(cluster: LocalCluster) -> None:
@@ -237,10 +242,10 @@ def test_without_the_coordinator_linearizable_reads_stop_when_leases_expire(clus
     with cluster.client(timeout=1) as c:
         with pytest.raises(Unavailable, match="no read lease"):
             c.get("k")
-        assert c.get("k", serializable=True).value == b"v"  # type: ignore[union-attr]
+        assert _value(c.get("k", serializable=True)) == b"v"
     cluster.start("coordinator")
     with cluster.client(timeout=10) as c:
-        assert c.get("k").value == b"v"  # type: ignore[union-attr]
+        assert _value(c.get("k")) == b"v"
 
 
 def test_kill_every_process_under_load_loses_no_acknowledged_write(tmp_path: Path) -> None:

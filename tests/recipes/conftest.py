@@ -49,6 +49,7 @@ class ClientProcesses:
         self.cluster = cluster
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[subprocess.Popen[bytes], Path] = {}  # each process's log file
 
     def start(self, role: str, *args: object) -> subprocess.Popen[bytes]:
         log = self.logs / f"client-{len(self.procs)}-{role}.log"
@@ -60,7 +61,7 @@ class ClientProcesses:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
-        proc.log = log  # type: ignore[attr-defined]
+        self._logs[proc] = log
         self.procs.append(proc)
         return proc
 
@@ -78,7 +79,7 @@ class ClientProcesses:
                 code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 raise AssertionError(self._stuck_report(procs, timeout_s)) from None
-            log = proc.log.read_text(errors="replace")  # type: ignore[attr-defined]
+            log = self._logs[proc].read_text(errors="replace")
             assert code == 0, f"client {proc.args!r} exited {code}:\n{log[-3000:]}"
 
     def _stuck_report(self, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> str:
@@ -92,7 +93,7 @@ class ClientProcesses:
             pass
         parts = [f"{len(stuck)} client(s) still running after {timeout_s}s:"]
         for proc in stuck:
-            log = proc.log.read_text(errors="replace")  # type: ignore[attr-defined]
+            log = self._logs[proc].read_text(errors="replace")
             parts.append(f"--- {proc.args!r}\n{log[-4000:]}")
         return "\n".join(parts)
 

@@ -254,7 +254,7 @@ def test_with_statements_acquire_and_release_every_holder(shared_cluster: LocalC
         sem = Semaphore(aclient, "with-asem", 1, ttl=2)
         async with sem as token:
             assert sem.held and [e.revision for e in await sem.holders()] == [token]
-        assert not sem.held and await sem.holders() == []
+        assert (sem.held, await sem.holders()) == (False, [])
         await aclient.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -34,7 +34,7 @@ def test_config_get_set_changes_and_snapshots(shared_cluster: LocalCluster) -> N
         await config.set("db/port", "5432")
         await config.delete("db/host")
         seen = [await anext(changes) for _ in range(3)]
-        await changes.aclose()  # type: ignore[attr-defined]
+        await changes.aclose()
         assert [(c.key, c.value) for c in seen] == [("db/host", b"a"), ("db/port", b"5432"), ("db/host", None)]
         assert [c.revision for c in seen] == sorted(c.revision for c in seen)
         assert await config.get("db/port") == b"5432" and await config.get("db/host") is None
@@ -42,7 +42,7 @@ def test_config_get_set_changes_and_snapshots(shared_cluster: LocalCluster) -> N
         assert await anext(snapshots) == {"db/port": b"5432"}
         await config.set("db/host", "b")
         assert await anext(snapshots) == {"db/port": b"5432", "db/host": b"b"}
-        await snapshots.aclose()  # type: ignore[attr-defined]
+        await snapshots.aclose()
         with pytest.raises(WaitTimeout):
             async for _ in config.changes(timeout=0.2):
                 pass
@@ -98,7 +98,7 @@ def test_group_join_list_watch_leave(shared_cluster: LocalCluster) -> None:
         await a.leave()
         events = a.watch(start_revision=start + 1)
         seen = [await anext(events) for _ in range(5)]
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         assert [(e.change, e.member) for e in seen] == [
             (Change.JOINED, "a"),
             (Change.JOINED, "b"),
@@ -136,7 +136,7 @@ def test_arguments_are_checked(shared_cluster: LocalCluster) -> None:
     run(scenario())
     with shared_cluster.client(timeout=10) as client:
         with pytest.raises(InvalidArgument, match="BlockingLock"):
-            Lock(client, "x")  # type: ignore[arg-type]
+            Lock(client, "x")  # type: ignore[arg-type]  # deliberately the blocking Client: checks the error
         assert BlockingLock(client, "x").key is None
     err = WaitTimeout("waited", waited_s=1.0)
     back = pickle.loads(pickle.dumps(err))

@@ -25,7 +25,7 @@ def test_counter_adds_and_reads(shared_cluster: LocalCluster) -> None:
         assert await counter.add(-2) == 3
         assert await counter.value() == 3
         with pytest.raises(InvalidArgument):
-            await counter.add(1.5)  # type: ignore[arg-type]
+            await counter.add(1.5)  # type: ignore[arg-type]  # deliberately not an int: checks the runtime check
         await client.put(counter.key, "not a number")
         with pytest.raises(InvalidArgument, match="not a counter"):
             await counter.value()

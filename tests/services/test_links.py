@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 
-from corral.core.messages import Ack, Message, Prepare, TxnSpec
+from corral.core.messages import Abort, Ack, Commit, Message, Prepare, TxnSpec, Vote
 from corral.model import Put
 from corral.rpc import corral_pb2 as pb
 from corral.rpc.convert import batch_from_pb
@@ -21,6 +22,16 @@ def _prepare(txid: int) -> Prepare:
     return Prepare(txid, TxnSpec((), (Put(f"k/{txid}", b"v", 0),), ()), ("peer",))
 
 
+def _txid(msg: Message) -> int:
+    """The transaction a message is about (every message this test exchanges is about one)."""
+    assert isinstance(msg, (Prepare, Commit, Abort, Vote, Ack)), f"{msg!r} names no transaction"
+    return msg.txid
+
+
+def _txids(msgs: Iterable[Message]) -> list[int]:
+    return [_txid(m) for m in msgs]
+
+
 class _Peer:
     """A listener that records each batch's txids and answers it with one Ack per message, once the
     test releases it (`hold`), or never (`silent_from`: that txid and everything after it)."""
@@ -31,7 +42,7 @@ class _Peer:
         self.silent_from: int | None = None
 
     async def inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
-        txids = [m.txid for m in batch_from_pb(batch)]  # type: ignore[attr-defined]
+        txids = _txids(batch_from_pb(batch))
         self.batches.append(txids)
         answer: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         if self.silent_from is not None and max(txids) >= self.silent_from:
@@ -47,7 +58,7 @@ class _Peer:
         return answer
 
 
-async def _wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+async def _wait_for(condition: Callable[[], object], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
         if time.monotonic() > deadline:
@@ -63,8 +74,8 @@ async def _links(peer: _Peer, timeout_s: float) -> tuple[PeerLinks, asyncio.Serv
     links = PeerLinks(
         "me",
         {"peer": f"127.0.0.1:{port}"},
-        on_messages=lambda src, msgs: acked.extend(m.txid for m in msgs),  # type: ignore[attr-defined]
-        on_unreachable=lambda dst, msgs: unreachable.extend(m.txid for m in msgs),  # type: ignore[attr-defined]
+        on_messages=lambda src, msgs: acked.extend(_txids(msgs)),
+        on_unreachable=lambda dst, msgs: unreachable.extend(_txids(msgs)),
         faults=Failpoints("me"),
         rpc_timeout_s=timeout_s,
     )

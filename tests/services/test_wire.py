@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 
 import grpc
 import pytest
 
 from corral.client.streams import CallStream, StreamBroken
 from corral.client.wire_call import WireCall
-from corral.core.messages import Ack, Commit, Message, Prepare, TxnSpec
+from corral.core.messages import Abort, Ack, Commit, Message, Prepare, TxnSpec, Vote
 from corral.errors import FailedPrecondition, Unavailable
 from corral.model import Put
 from corral.rpc import corral_pb2 as pb
@@ -26,9 +26,19 @@ def _prepare(txid: int, value_bytes: int) -> Prepare:
     return Prepare(txid, TxnSpec((), (Put(f"k/{txid}", b"v" * value_bytes, 0),), ()), ("replica-1", "replica-2"))
 
 
+def _txid(msg: Message) -> int:
+    """The transaction a message is about (every message this test exchanges is about one)."""
+    assert isinstance(msg, (Prepare, Commit, Abort, Vote, Ack)), f"{msg!r} names no transaction"
+    return msg.txid
+
+
+def _txids(msgs: Iterable[Message]) -> list[int]:
+    return [_txid(m) for m in msgs]
+
+
 @pytest.mark.parametrize("value_bytes", [0, 100, 200, 20_000, 3_000_000])
 def test_a_hand_built_frame_is_the_batch_protobuf_would_build(value_bytes: int) -> None:
-    msgs: list[Message] = [_prepare(i, value_bytes) for i in range(3)] + [Commit(7, 9), Ack(7, 9)]
+    msgs: list[Message] = [*(_prepare(i, value_bytes) for i in range(3)), Commit(7, 9), Ack(7, 9)]
     framed = batch_frame("coordinator", [message_bytes(m) for m in msgs])
     (size,) = struct.unpack(">I", framed[:4])
     assert size == len(framed) - 4
@@ -46,13 +56,13 @@ class _Echo:
         self.refuse: set[int] = set()
 
     async def inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
-        msgs = batch_from_pb(batch)
-        txid = msgs[0].txid  # type: ignore[union-attr]
+        txid = _txid(batch_from_pb(batch)[0])
         if txid in self.refuse:
             raise Unavailable("refused by the test")
         self.seen.append(txid)
         answer: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_later(self.delays.get(txid, 0), answer.set_result, [Ack(txid, txid)])
+        reply: list[Message] = [Ack(txid, txid)]
+        asyncio.get_running_loop().call_later(self.delays.get(txid, 0), answer.set_result, reply)
         return answer
 
 
@@ -71,7 +81,7 @@ def test_answers_come_back_in_order_even_when_ready_out_of_order() -> None:
         done = asyncio.Event()
 
         def on_reply(batch: pb.Batch) -> None:
-            replies.extend(m.txid for m in batch_from_pb(batch))  # type: ignore[attr-defined]
+            replies.extend(_txids(batch_from_pb(batch)))
             if len(replies) == 3:
                 done.set()
 

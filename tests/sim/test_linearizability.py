@@ -246,7 +246,7 @@ def test_time_budget_exceeded_is_not_ok() -> None:
         (Operation(1, OpKind.PUT, "k", call=0, ret=1), "value"),
         (Operation(1, OpKind.GET, "k", output=True, call=0, ret=1), "output"),
         (Operation(1, OpKind.CAS, "k", value=b"a", output=None, call=0, ret=1), "output"),
-        (Operation(1, "scan", "k", call=0, ret=1), "kind"),  # type: ignore[arg-type]
+        (Operation(1, "scan", "k", call=0, ret=1), "kind"),  # type: ignore[arg-type]  # deliberately no OpKind
     ],
 )
 def test_malformed_operations_are_rejected(op: Operation, field: str) -> None:

@@ -513,9 +513,12 @@ def test_an_expired_lease_deletes_its_keys_in_one_revision_on_every_replica(sim:
     assert sim.run_until(lambda: _end_revision(sim, lease) is not None, STEP_MAX_MS)
     sim.quiesce(STEP_MAX_MS)
     end = _end_revision(sim, lease)
+    assert end is not None
     for r in sim.names:
-        store = sim.replicas[r].storage.store  # type: ignore[union-attr]
-        changes = store.changes(end, end_revision=end)  # type: ignore[arg-type]
+        storage = sim.replicas[r].storage
+        assert storage is not None, f"{r} is down"
+        store = storage.store
+        changes = store.changes(end, end_revision=end)
         assert sorted((str(e.kind), e.kv.key) for e in changes) == [("delete", k) for k in ephemeral]
         assert store.get("c") is not None and store.keys_with_lease(lease) == []
     sim.check()
@@ -588,7 +591,9 @@ def test_a_sequential_put_is_named_by_its_revision_and_holds_the_names_it_may_ta
     _settle_op(sim, first)
     assert first.result is not None and first.result.revision == 2
     for r in sim.names:
-        kv = sim.replicas[r].storage.store.get("q/00000000000000000002")  # type: ignore[union-attr]
+        storage = sim.replicas[r].storage
+        assert storage is not None, f"{r} is down"
+        kv = storage.store.get("q/00000000000000000002")
         assert kv is not None and (kv.value, kv.create_revision, kv.version) == (b"x", 2, 1)
     sim.net.block("r1", "c")  # r1's votes are lost: what is prepared next stays undecided until its deadline
     second = sim.submit(TxnSpec(on_success=(PutSequential("q/", b"y"),)), client="cl2", kind="seq")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from corral.limits import Limits
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> MVCCStore:
+def store(tmp_path: Path) -> Iterator[MVCCStore]:
     s = MVCCStore(tmp_path / "s.db")
     yield s
     s.close()
@@ -95,7 +96,8 @@ def test_a_rolled_back_apply_leaves_no_trace_in_later_bookkeeping(store: MVCCSto
     store.put("a", b"1")
     with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
         tx.apply([Put("a", b"2"), Put("new", b"x")])
-        assert tx.get("a") is not None and tx.get("a").version == 2  # type: ignore[union-attr]
+        kv = tx.get("a")
+        assert kv is not None and kv.version == 2
         raise RuntimeError("boom")
     assert store.put("a", b"3") == 2
     assert store.put("new", b"y") == 3
@@ -144,7 +146,7 @@ def test_bad_input_is_rejected_and_nothing_is_written(
 ) -> None:
     store.put("keep", b"me")
     with pytest.raises(InvalidArgument, match=message):
-        store.put(key, value)  # type: ignore[arg-type]
+        store.put(key, value)  # type: ignore[arg-type]  # deliberately bad types: checks the store's checks
     assert store.revision == 1
     assert [kv.key for kv in store.range("")] == ["keep"]
 

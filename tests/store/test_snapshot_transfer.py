@@ -47,7 +47,8 @@ def test_pages_of_the_state_installed_elsewhere_give_the_same_store(tmp_path: Pa
     reopened = ReplicaStorage(tmp_path / "joiner.db")  # revision and compaction point are durable
     assert (reopened.revision, reopened.store.compact_revision) == (revision, revision)
     assert reopened.store.digest() == member.store.digest()
-    assert reopened.store.get("k/03") is not None and reopened.store.get("k/03").version == 2  # type: ignore[union-attr]
+    kv = reopened.store.get("k/03")
+    assert kv is not None and kv.version == 2
     assert reopened.store.get("k/01") is None and reopened.store.get("stale/only-here") is None
 
 
