@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import grpc
 
-from corral.rpc.bundles import drain
+from corral.rpc.bundles import drain, split
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -64,6 +64,14 @@ class _Stream(Protocol):
     def cancel(self) -> Any: ...
 
 
+class _DirectStream(_Stream, Protocol):
+    """A stream that writes synchronously and hands answers over as they are read (`WireCall`)."""
+
+    def write_now(self, message: Any) -> bool: ...
+
+    def on_answer(self, handler: Callable[[Any], None]) -> None: ...
+
+
 class CallStream(Generic[_Req, _Resp]):
     """One multiplexed stream (see the module docstring). `open_stream` opens the gRPC call;
     `wrap(id, request, timeout_ms)` builds a call, `bundle(calls)` the message that carries several;
@@ -83,6 +91,10 @@ class CallStream(Generic[_Req, _Resp]):
         self._written: set[int] = set()
         self._outbox: asyncio.Queue[_CallMsg | None] = asyncio.Queue()
         self._session: asyncio.Task[None] | None = None
+        # A stream that can write synchronously (the wire) gets the calls of a loop iteration written
+        # by one callback at its end, instead of by the writer task one iteration later.
+        self._direct: _DirectStream | None = None
+        self._soon: list[_CallMsg] = []
 
     async def call(self, request: _Req, timeout_s: float) -> _Resp:
         """Send one write and wait for its answer.
@@ -96,7 +108,13 @@ class CallStream(Generic[_Req, _Resp]):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Resp] = loop.create_future()
         self._futures[call_id] = fut
-        self._outbox.put_nowait(self._wrap(call_id, request, max(1, int(timeout_s * 1000))))
+        call = self._wrap(call_id, request, max(1, int(timeout_s * 1000)))
+        if self._direct is not None and self._outbox.empty():
+            if not self._soon:
+                loop.call_soon(self._write_soon)
+            self._soon.append(call)
+        else:
+            self._outbox.put_nowait(call)
         # A timer that fails the future, not wait_for (which wraps every call in more futures and
         # callbacks: measurable at thousands of calls per second).
         timer = loop.call_later(timeout_s, _expire, fut)
@@ -110,6 +128,24 @@ class CallStream(Generic[_Req, _Resp]):
             timer.cancel()
             self._futures.pop(call_id, None)
             self._written.discard(call_id)
+
+    def _write_soon(self) -> None:
+        calls, self._soon = self._soon, []
+        live = [call for call in calls if call.id in self._futures]
+        stream = self._direct
+        for bundle in split(live):
+            if stream is not None and self._outbox.empty() and stream.write_now(self._bundle(bundle)):
+                self._written.update(call.id for call in bundle)
+            else:  # not connected yet, backed up, or broken: the writer task waits for it
+                for call in bundle:
+                    self._outbox.put_nowait(call)
+
+    def _answer(self, message: Any) -> None:
+        answer: _ReturnMsg[_Resp]
+        for answer in message.returns:
+            fut = self._futures.get(answer.id)
+            if fut is not None and not fut.done():
+                fut.set_result(answer.response)
 
     async def _write(self, stream: _Stream) -> None:
         while True:
@@ -125,20 +161,20 @@ class CallStream(Generic[_Req, _Resp]):
 
     async def _run(self) -> None:
         stream = self._open()
+        if hasattr(stream, "write_now"):
+            self._direct = cast(_DirectStream, stream)
+            self._direct.on_answer(self._answer)
         writer = asyncio.get_running_loop().create_task(self._write(stream), name="corral-writes-out")
         failure = StreamBroken(grpc.StatusCode.UNAVAILABLE, "the server closed the stream", sent=True)
         try:
             async for message in stream:
-                answer: _ReturnMsg[_Resp]
-                for answer in message.returns:
-                    fut = self._futures.get(answer.id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(answer.response)
+                self._answer(message)
         except grpc.aio.AioRpcError as err:
             failure = StreamBroken(err.code(), err.details() or "", sent=True)
         except StreamBroken as err:
             failure = err
         finally:
+            self._direct = None
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.UsageError, StreamBroken):
                 await writer

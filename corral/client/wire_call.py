@@ -22,8 +22,11 @@ WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 
 
 class _Conn(Framed):
-    def __init__(self, decode: Callable[[bytes], Any], replies: asyncio.Queue[Any]) -> None:
+    def __init__(
+        self, decode: Callable[[bytes], Any], deliver: Callable[[Any], None], replies: asyncio.Queue[Any]
+    ) -> None:
         super().__init__(decode)
+        self._deliver = deliver
         self._replies = replies
         self.writable = asyncio.Event()
         self.writable.set()
@@ -34,7 +37,7 @@ class _Conn(Framed):
         self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     def on_message(self, message: Any) -> None:
-        self._replies.put_nowait(message)
+        self._deliver(message)
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -53,6 +56,7 @@ class WireCall:
 
     def __init__(self, address: str, greeting: bytes, decode: Callable[[bytes], Any], connect_timeout_s: float) -> None:
         self._replies: asyncio.Queue[Any] = asyncio.Queue()
+        self._on_answer: Callable[[Any], None] | None = None
         self._conn: _Conn | None = None
         self._connecting = asyncio.get_running_loop().create_task(
             self._connect(address, greeting, decode, connect_timeout_s), name="corral-wire-connect"
@@ -64,7 +68,7 @@ class WireCall:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(decode, self._replies), host, int(port)), timeout_s
+                loop.create_connection(lambda: _Conn(decode, self._deliver, self._replies), host, int(port)), timeout_s
             )
         except ConnectionRefusedError:
             raise StreamBroken(grpc.StatusCode.UNAVAILABLE, f"connection refused by {address}", sent=False) from None
@@ -77,6 +81,25 @@ class WireCall:
         conn.transport.write(greeting)
         self._conn = conn
         return conn
+
+    def on_answer(self, handler: Callable[[Any], None]) -> None:
+        """Hand each answer to `handler` as it is read, instead of to the iterator (which then only
+        raises the stream's failure): a task switch less per answer."""
+        self._on_answer = handler
+
+    def _deliver(self, message: Any) -> None:
+        if self._on_answer is not None:
+            self._on_answer(message)
+        else:
+            self._replies.put_nowait(message)
+
+    def write_now(self, message: Any) -> bool:
+        """Write `message` at once if the connection is up and not backed up; False: use `write`."""
+        conn = self._conn
+        if conn is None or conn.error is not None or conn.transport is None or not conn.writable.is_set():
+            return False
+        conn.transport.write(frame(message.SerializeToString()))
+        return True
 
     async def write(self, message: Any) -> None:
         conn = await self._connecting

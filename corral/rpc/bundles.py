@@ -37,3 +37,16 @@ def drain(first: _Item, queue: asyncio.Queue[_Item | None]) -> tuple[list[_Item]
         items.append(item)
         size += item.ByteSize()
     return items, False
+
+
+def split(items: list[_Item]) -> list[list[_Item]]:
+    """`items` in order, cut into bundles by the rule `drain` applies to a queue."""
+    out: list[list[_Item]] = []
+    size = 0
+    for item in items:
+        if not out or len(out[-1]) >= BUNDLE_ITEMS_MAX or size >= BUNDLE_BYTES_MAX:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += item.ByteSize()
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from corral.rpc import corral_pb2 as pb
-from corral.rpc.bundles import BUNDLE_BYTES_MAX, BUNDLE_ITEMS_MAX, drain
+from corral.rpc.bundles import BUNDLE_BYTES_MAX, BUNDLE_ITEMS_MAX, drain, split
 
 
 def _queue(items: list[pb.TxnReturn | None]) -> asyncio.Queue[pb.TxnReturn | None]:
@@ -42,3 +42,13 @@ def test_bounded_by_bytes_but_a_big_item_still_goes() -> None:
     bundle, _ = drain(big, queue)
     assert [r.id for r in bundle] == [1]
     assert queue.qsize() == 1
+
+
+def test_split_cuts_a_list_as_drain_cuts_a_queue() -> None:
+    items = [pb.TxnReturn(id=i) for i in range(2 * BUNDLE_ITEMS_MAX + 5)]
+    bundles = split(items)
+    assert [len(b) for b in bundles] == [BUNDLE_ITEMS_MAX, BUNDLE_ITEMS_MAX, 5]
+    assert [r.id for b in bundles for r in b] == list(range(2 * BUNDLE_ITEMS_MAX + 5))
+    big = pb.TxnReturn(id=1, response=pb.TxnResponse(error=pb.Error(message="x" * BUNDLE_BYTES_MAX)))
+    assert [[r.id for r in b] for b in split([big, pb.TxnReturn(id=2), pb.TxnReturn(id=3)])] == [[1], [2, 3]]
+    assert split([]) == []

@@ -15,6 +15,7 @@ from corral.core.messages import Abort, Ack, Commit, Message, Prepare, TxnSpec, 
 from corral.errors import FailedPrecondition, Unavailable
 from corral.model import Put
 from corral.rpc import corral_pb2 as pb
+from corral.rpc.bundles import BUNDLE_ITEMS_MAX
 from corral.rpc.convert import batch_from_pb, batch_to_pb
 from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
 from corral.services.wire import FRAME_BYTES_MAX, MAGIC, batch_frame, dial, listen, message_bytes
@@ -215,6 +216,33 @@ def test_a_call_stream_over_the_wire_answers_every_call_by_id_and_peers_still_wo
         server.close()
 
     asyncio.run(main())
+
+
+def test_calls_made_together_on_a_connected_stream_leave_in_bounded_bundles() -> None:
+    """Once connected, a loop iteration's calls are written at its end, without the writer task: still
+    cut at the bundle bound, and each answered by its id."""
+    sizes: list[int] = []
+
+    async def recording(requests: AsyncIterator[pb.TxnCalls], context: object) -> AsyncIterator[pb.TxnReturns]:
+        async for message in requests:
+            sizes.append(len(message.calls))
+            yield pb.TxnReturns(
+                returns=[pb.TxnReturn(id=c.id, response=pb.TxnResponse(revision=c.id)) for c in message.calls]
+            )
+
+    async def main() -> list[int]:
+        server = await listen("127.0.0.1", 0, _Echo().inbound, "listener", {TXNS_GREETING: (pb.TxnCalls, recording)})
+        stream = _txn_stream(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        assert (await stream.call(pb.TxnRequest(), TIMEOUT_S)).revision == 1  # connects
+        count = BUNDLE_ITEMS_MAX + 10
+        answers = await asyncio.gather(*_calls(stream, count))
+        await stream.close()
+        server.close()
+        return [a.revision for a in answers]
+
+    revisions = asyncio.run(main())
+    assert revisions == list(range(2, BUNDLE_ITEMS_MAX + 12))
+    assert sizes == [1, BUNDLE_ITEMS_MAX, 10]
 
 
 def test_a_refused_connection_fails_calls_as_never_sent() -> None:
