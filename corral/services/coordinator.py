@@ -200,7 +200,7 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         async def pump() -> None:
             try:
                 async for message in request_iterator:
-                    self._txn_calls(message.calls, answers)
+                    self._txn_calls(message.calls, answers.put_nowait)
             finally:
                 answers.put_nowait(None)
 
@@ -211,7 +211,11 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         finally:
             pumping.cancel()
 
-    def _txn_calls(self, calls: Iterable[pb.TxnCall], answers: asyncio.Queue[pb.TxnReturn | None]) -> None:
+    def txns_direct(self, message: pb.TxnCalls, answer: Callable[[pb.TxnReturn], None]) -> None:
+        """`Txns` for the wire's direct streams: the calls are stepped as the message is read."""
+        self._txn_calls(message.calls, answer)
+
+    def _txn_calls(self, calls: Iterable[pb.TxnCall], answer: Callable[[pb.TxnReturn], None]) -> None:
         events: list[Event] = []
         default_ms = self.config.timeouts.request_timeout_ms
         for call in calls:
@@ -219,20 +223,20 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
                 txn = txn_from_pb(call.request.txn)
                 txn.validate(self.config.limits)
             except CorralError as err:
-                answers.put_nowait(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
+                answer(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
                 continue
             rid = next(self._ids)
             # Answered in place: the answer is queued before the sends of the same step wake their
             # links, so the client's reply leaves ahead of the COMMITs.
-            self._waiters[rid] = functools.partial(self._answered, call.id, answers)
+            self._waiters[rid] = functools.partial(self._answered, call.id, answer)
             client_id = call.request.client_id or f"anonymous-{self.core.epoch}-{rid}"
             deadline_ms = now_ms() + int(call_timeout_s(call.timeout_ms, default_ms) * 1000)
             events.append(ClientTxn(rid, client_id, call.request.seq, txn, deadline_ms))
         if events:
             self._step(events)
 
-    def _answered(self, call_id: int, answers: asyncio.Queue[pb.TxnReturn | None], result: Result) -> None:
-        answers.put_nowait(pb.TxnReturn(id=call_id, response=self._txn_response(result)))
+    def _answered(self, call_id: int, answer: Callable[[pb.TxnReturn], None], result: Result) -> None:
+        answer(pb.TxnReturn(id=call_id, response=self._txn_response(result)))
 
     def _await_answer(self, rid: int) -> asyncio.Future[Result]:
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

@@ -24,7 +24,7 @@ from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
 from corral.services.coordinator import CoordinatorService
 from corral.services.failpoints import Failpoints
 from corral.services.replica import ReplicaService
-from corral.services.wire import StreamHandler, listen
+from corral.services.wire import DirectStream, StreamHandler, listen
 
 # Clients may send and receive large transactions and ranges (limits are checked by the services).
 SERVER_OPTIONS = (
@@ -61,11 +61,12 @@ async def serve(config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> 
         bound = 0
     if bound == 0:
         raise FailedPrecondition(f"cannot listen on {node.address}: the port is in use or the host is not local")
-    # The wire serves peers and, with the same handlers as gRPC, clients' call streams.
-    streams: dict[bytes, tuple[type[Any], StreamHandler]] = {
-        TXNS_GREETING: (pb.TxnCalls, service.Txns),
-        RANGES_GREETING: (pb.RangeCalls, service.Ranges),
-    }
+    # The wire serves peers and, with the same handlers as gRPC, clients' call streams (the
+    # coordinator's writes by callback, without the generator's task switches).
+    txns: tuple[type[Any], StreamHandler] | DirectStream = (pb.TxnCalls, service.Txns)
+    if isinstance(service, CoordinatorService):
+        txns = DirectStream(pb.TxnCalls, service.txns_direct, lambda returns: pb.TxnReturns(returns=returns))
+    streams = {TXNS_GREETING: txns, RANGES_GREETING: (pb.RangeCalls, service.Ranges)}
     peers = await listen(node.host, node.peer_port, service.counted, node.name, streams)
     await service.start()
     await server.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 
 import grpc
 import pytest
@@ -18,7 +18,7 @@ from corral.rpc import corral_pb2 as pb
 from corral.rpc.bundles import BUNDLE_ITEMS_MAX
 from corral.rpc.convert import batch_from_pb, batch_to_pb
 from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
-from corral.services.wire import FRAME_BYTES_MAX, MAGIC, batch_frame, dial, listen, message_bytes
+from corral.services.wire import FRAME_BYTES_MAX, MAGIC, DirectStream, batch_frame, dial, listen, message_bytes
 
 TIMEOUT_S = 10
 
@@ -243,6 +243,50 @@ def test_calls_made_together_on_a_connected_stream_leave_in_bounded_bundles() ->
     revisions = asyncio.run(main())
     assert revisions == list(range(2, BUNDLE_ITEMS_MAX + 12))
     assert sizes == [1, BUNDLE_ITEMS_MAX, 10]
+
+
+def test_a_direct_stream_answers_calls_now_or_later_and_what_is_ready_together_leaves_together() -> None:
+    """A DirectStream handler runs as each message is read: answers given then (two messages read
+    together) leave in one message at the end of the iteration; an answer given later leaves on its
+    own; a CorralError from the handler ends the stream."""
+
+    def on_message(message: pb.TxnCalls, answer: Callable[[pb.TxnReturn], None]) -> None:
+        for call in message.calls:
+            if call.request.client_id == "boom":
+                raise Unavailable("the handler refused the stream")
+            ret = pb.TxnReturn(id=call.id, response=pb.TxnResponse(revision=call.id))
+            if call.request.client_id == "later":
+                asyncio.get_running_loop().call_later(0.05, answer, ret)
+            else:
+                answer(ret)
+
+    def message(*calls: tuple[int, str]) -> bytes:
+        body = pb.TxnCalls(calls=[pb.TxnCall(id=i, request=pb.TxnRequest(client_id=c)) for i, c in calls])
+        data = body.SerializeToString()
+        return struct.pack(">I", len(data)) + data
+
+    async def read_returns(reader: asyncio.StreamReader) -> list[int]:
+        (size,) = struct.unpack(">I", await asyncio.wait_for(reader.readexactly(4), TIMEOUT_S))
+        returns = pb.TxnReturns.FromString(await asyncio.wait_for(reader.readexactly(size), TIMEOUT_S))
+        return [r.id for r in returns.returns]
+
+    async def main() -> tuple[list[int], list[int], bytes]:
+        direct = DirectStream(pb.TxnCalls, on_message, lambda returns: pb.TxnReturns(returns=returns))
+        server = await listen("127.0.0.1", 0, _Echo().inbound, "listener", {TXNS_GREETING: direct})
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(TXNS_GREETING + message((1, "c"), (2, "later")) + message((3, "c")))
+        together = await read_returns(reader)
+        later = await read_returns(reader)
+        writer.write(message((4, "boom")))
+        rest = await asyncio.wait_for(reader.read(), TIMEOUT_S)  # b"": the listener closed the stream
+        writer.close()
+        server.close()
+        return together, later, rest
+
+    together, later, rest = asyncio.run(main())
+    assert together == [1, 3]
+    assert later == [2]
+    assert rest == b""
 
 
 def test_a_refused_connection_fails_calls_as_never_sent() -> None:
