@@ -57,7 +57,12 @@ StreamHandler = Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]]
 class DirectStream:
     """A call stream served by callbacks: `on_message(message, answer)` runs as each message is read
     and calls `answer(item)` for each of its calls, then or later; `bundle(items)` makes the message
-    that carries answers ready together. A CorralError raised by `on_message` ends the stream."""
+    that carries answers ready together. A CorralError raised by `on_message` ends the stream.
+
+    For streams with small answers (the coordinator's writes): flow control stops reading once the
+    dialer leaves answers unread, but every call already read (one read buffer, at most 256 KiB of
+    calls) is handled and answered without waiting, where a generator stream would stop between
+    messages. Big answers (reads) belong on a generator stream."""
 
     request_type: type[Any]
     on_message: Callable[[Any, Callable[[Any], None]], None]
