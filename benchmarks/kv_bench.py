@@ -26,7 +26,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from corral.config import ClusterConfig
+
+    Launch = Callable[[ClusterConfig, str], subprocess.Popen[bytes]]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -166,14 +173,15 @@ class Phase:
         return self.ops / self.seconds if self.seconds else 0.0
 
 
-def start_corral(tmp: Path) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
+def start_corral(tmp: Path, launch: Launch | None = None) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
+    """A 3-replica cluster in `tmp`, its nodes started by `launch` (default: as `corral cluster up` does)."""
     from corral.cli.cluster import start_node, wait_healthy
     from corral.client import Client
     from corral.config import new_cluster
 
     config = new_cluster(tmp / "corral", replicas=3)
     config.save()
-    procs = [start_node(config, name) for name in config.nodes]
+    procs = [(launch or start_node)(config, name) for name in config.nodes]
     with Client(config.path) as c:
         down = wait_healthy(c, set(config.nodes), 30)
     if down:

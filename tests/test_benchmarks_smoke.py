@@ -35,3 +35,14 @@ def test_kv_benchmark_runs_a_cluster_and_prints_its_table() -> None:
         assert "errors=0" in line and "p99=" in line, line
         ops = float(line.split(":")[1].split("ops/s")[0].replace(",", ""))
         assert ops > 0, line
+
+
+def test_put_path_traces_puts_and_prints_its_phases() -> None:
+    """The critical-path breakdown starts its stamped cluster, traces puts and prints every phase."""
+    argv = ["benchmarks/put_path.py", "--duration", "0.5"]
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "puts traced" in out.stdout, out.stdout
+    for phase in ("slowest voter: fsync", "coordinator: fsync of the decision", "request written -> answer read"):
+        assert phase in out.stdout, out.stdout
+    assert "CPU per put" in out.stdout, out.stdout
