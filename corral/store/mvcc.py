@@ -1,9 +1,13 @@
 """A durable multi-version key/value store on one SQLite file.
 
 Every committed write transaction gets the next *revision*; each of its writes is a row
-`(key, mod_revision)` holding the key's value as of that revision, so any past state can be read back
+`(mod_revision, key)` holding the key's value as of that revision, so any past state can be read back
 until it is compacted. A delete is a *tombstone* row (version 0). A key's newest row at or below
 revision r is its state at r.
+
+Rows are ordered on disk by revision, so a batch of writes appends to one end of the table, and an
+in-memory `KeyIndex` (rebuilt when the store opens) finds a key's row at a revision and lists keys in
+order: etcd's layout. Ordered by key instead, every write of a batch dirtied its own B-tree leaf.
 
 Durability: WAL journal with `synchronous=FULL`, so a transaction is on disk (fsynced) before
 `apply` returns. One `transaction()` may hold several applies and other tables' rows (the replica's
@@ -43,19 +47,18 @@ from corral.model import (
     validate_prefix,
     validate_revision,
 )
+from corral.store.key_index import KeyIndex
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (
-    key BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS kv_log (
     mod_revision INTEGER NOT NULL,
+    key BLOB NOT NULL,
     create_revision INTEGER NOT NULL,
     version INTEGER NOT NULL,          -- 0 marks a tombstone (the key was deleted at mod_revision)
     value BLOB NOT NULL,
     lease INTEGER NOT NULL,
-    PRIMARY KEY (key, mod_revision)
+    PRIMARY KEY (mod_revision, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS kv_by_revision ON kv (mod_revision);
-CREATE INDEX IF NOT EXISTS kv_by_lease ON kv (lease) WHERE lease != 0;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -73,6 +76,13 @@ KV_COLUMNS_SQL = """
     value BLOB NOT NULL,
     lease INTEGER NOT NULL"""
 _Row = tuple[bytes, int, int, int, bytes, int]
+# Rows fetched by (revision, key) in one statement: a join with a VALUES list, searched by primary key
+# (a row-value IN list is scanned instead). Bounded by SQLite's limit on bound parameters.
+_FETCH_CHUNK = 400
+_FETCH_SQL = (
+    "WITH want(r, k) AS (VALUES {}) SELECT kv_log.key, mod_revision, create_revision, version, value, lease "
+    "FROM want CROSS JOIN kv_log ON kv_log.mod_revision = want.r AND kv_log.key = want.k"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +188,10 @@ class StoreTxn:
                 if old is not None:
                     rows.append((key, revision, 0, 0, b"", 0))
                 heads[key] = None
-        db.executemany(f"INSERT INTO kv ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.executemany(f"INSERT INTO kv_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        index = store._index
+        for row in rows:
+            index.add(row[0], revision, tombstone=row[3] == 0, lease=row[5])
         self.revision = revision  # written to `meta` once, when the transaction commits
         cache = store._heads
         if len(cache) + len(heads) > HEAD_CACHE_MAX:
@@ -202,8 +215,9 @@ class StoreTxn:
             raise Internal(f"snapshot at revision {revision}, but the store is already at {self.revision}")
         db = self.connection
         self._store._heads.clear()
-        db.execute("DELETE FROM kv")
-        db.execute(f"INSERT INTO kv ({_COLUMNS}) SELECT {_COLUMNS} FROM {table}")
+        db.execute("DELETE FROM kv_log")
+        db.execute(f"INSERT INTO kv_log ({_COLUMNS}) SELECT {_COLUMNS} FROM {table}")
+        self._store._load_index()
         self.revision = self.compact_revision = revision
 
     def get(self, key: str) -> KeyValue | None:
@@ -219,7 +233,7 @@ class StoreTxn:
 
     def keys_with_lease(self, lease: int) -> list[str]:
         """Live keys attached to `lease` as of this transaction."""
-        return self._store.keys_with_lease(lease, revision=self.revision)
+        return self._store.keys_with_lease(lease)
 
     def advance_to(self, revision: int) -> None:
         """Move the revision forward with no writes (catch-up over revisions that changed nothing)."""
@@ -236,11 +250,20 @@ class MVCCStore:
         self.limits = limits
         self._db = open_connection(self.path, synchronous=synchronous)
         self._db.executescript(_SCHEMA)
+        _migrate_key_ordered_table(self._db)
         self._in_txn = False
         self._heads: dict[bytes, KeyValue | None] = {}  # see HEAD_CACHE_MAX
         meta = dict(self._db.execute("SELECT name, value FROM meta"))
         self._revision: int = meta["revision"]
         self._compact_revision: int = meta["compact_revision"]
+        self._index = KeyIndex()
+        self._load_index()
+
+    def _load_index(self) -> None:
+        """(Re)build the key index from the rows: at open, and after rows changed under it."""
+        self._index = KeyIndex.of_rows(
+            self._db.execute("SELECT key, mod_revision, version, lease FROM kv_log ORDER BY mod_revision")
+        )
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -281,8 +304,9 @@ class MVCCStore:
         try:
             yield tx
         except BaseException:
-            self._heads.clear()  # it may hold what the rollback undoes
+            self._heads.clear()  # it and the index may hold what the rollback undoes
             self._db.execute("ROLLBACK")
+            self._load_index()
             raise
         else:
             if tx.revision != self._revision:
@@ -326,15 +350,7 @@ class MVCCStore:
                 compact_revision=self._compact_revision,
             )
         with self.transaction():
-            # Superseded rows: a newer row of the same key exists at or below `revision`.
-            self._db.execute(
-                """DELETE FROM kv WHERE mod_revision < :r AND EXISTS (
-                       SELECT 1 FROM kv AS newer WHERE newer.key = kv.key
-                       AND newer.mod_revision > kv.mod_revision AND newer.mod_revision <= :r)""",
-                {"r": revision},
-            )
-            # Tombstones below `revision` that are now the oldest row of their key.
-            self._db.execute("DELETE FROM kv WHERE mod_revision < ? AND version = 0", (revision,))
+            self._db.executemany("DELETE FROM kv_log WHERE mod_revision = ? AND key = ?", self._index.compact(revision))
             self._db.execute("UPDATE meta SET value = ? WHERE name = 'compact_revision'", (revision,))
         self._compact_revision = revision
 
@@ -356,13 +372,35 @@ class MVCCStore:
         return revision
 
     def _latest(self, key: bytes, revision: int) -> KeyValue | None:
-        row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM kv WHERE key = ? AND mod_revision <= ? ORDER BY mod_revision DESC LIMIT 1",
-            (key, revision),
-        ).fetchone()
-        if row is None or row[3] == 0:
+        at = self._index.at(key, revision)
+        if at is None:
             return None
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM kv_log WHERE mod_revision = ? AND key = ?", (at, key)
+        ).fetchone()
+        if row is None:
+            raise Internal(f"the key index points at a missing row: {key!r} at revision {at}")
         return _kv(row)
+
+    def _live(self, keys: Iterator[bytes], revision: int, count: int) -> list[KeyValue]:
+        """The live rows at `revision` of the first `count` (0: all) of `keys` that have one, in order."""
+        index = self._index
+        want: list[tuple[int, bytes]] = []
+        for key in keys:
+            at = index.at(key, revision)
+            if at is not None:
+                want.append((at, key))
+                if len(want) == count:
+                    break
+        rows: dict[tuple[int, bytes], _Row] = {}
+        for i in range(0, len(want), _FETCH_CHUNK):
+            chunk = want[i : i + _FETCH_CHUNK]
+            sql = _FETCH_SQL.format(", ".join(["(?, ?)"] * len(chunk)))
+            for row in self._db.execute(sql, [x for pair in chunk for x in pair]):
+                rows[(row[1], row[0])] = row
+        if len(rows) != len(want):
+            raise Internal(f"the key index points at {len(want) - len(rows)} missing rows")
+        return [_kv(rows[pair]) for pair in want]
 
     def get(self, key: str, *, revision: int = 0) -> KeyValue | None:
         """The key at `revision` (0: now), or None if it did not exist then.
@@ -386,18 +424,7 @@ class MVCCStore:
             raise InvalidArgument(f"limit must be a non-negative int, got {limit!r}", field="limit")
         at = self._read_revision(revision)
         start = prefix.encode("utf-8")
-        end = prefix_end(start)
-        where = "key >= :start AND mod_revision <= :at" + (" AND key < :end" if end is not None else "")
-        # SQLite returns the other bare columns from the row holding MAX(mod_revision).
-        sql = (
-            f"SELECT {_COLUMNS} FROM (SELECT key, MAX(mod_revision) AS mod_revision, create_revision, "
-            f"version, value, lease FROM kv WHERE {where} GROUP BY key) WHERE version > 0 ORDER BY key"
-        )
-        params: dict[str, object] = {"start": start, "end": end, "at": at}
-        if limit:
-            sql += " LIMIT :limit"
-            params["limit"] = limit
-        return [_kv(row) for row in self._db.execute(sql, params)]
+        return self._live(self._index.keys(start, prefix_end(start)), at, limit)
 
     def snapshot_page(
         self, revision: int, after_key: str, *, keys_max: int, bytes_max: int
@@ -410,20 +437,14 @@ class MVCCStore:
             Compacted: a revision below the compaction point.
         """
         at = self._read_revision(revision)
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM (SELECT key, MAX(mod_revision) AS mod_revision, create_revision, "
-            "version, value, lease FROM kv WHERE key > :after AND mod_revision <= :at GROUP BY key) "
-            "WHERE version > 0 ORDER BY key LIMIT :limit",
-            {"after": after_key.encode("utf-8"), "at": at, "limit": keys_max + 1},
-        )
+        kvs = self._live(self._index.keys(after_key.encode("utf-8"), None, after=True), at, keys_max + 1)
         page: list[KeyValue] = []
         size = 0
-        for row in rows:
+        for kv in kvs:
             if len(page) == keys_max or (page and size > bytes_max):
                 return at, page, True
-            kv = _kv(row)
             page.append(kv)
-            size += len(row[0]) + len(kv.value)
+            size += len(kv.key.encode("utf-8")) + len(kv.value)
         return at, page, False
 
     def changes(self, start_revision: int, *, prefix: str = "", end_revision: int = 0) -> list[Event]:
@@ -448,7 +469,7 @@ class MVCCStore:
             " AND key < :ke" if key_end is not None else ""
         )
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM kv WHERE {where} ORDER BY mod_revision, key",
+            f"SELECT {_COLUMNS} FROM kv_log WHERE {where} ORDER BY mod_revision, key",
             {"s": start_revision, "e": end, "k": start_key, "ke": key_end},
         ).fetchall()
         events = []
@@ -461,16 +482,10 @@ class MVCCStore:
                 events.append(Event(EventKind.PUT, _kv(row), prev))
         return events
 
-    def keys_with_lease(self, lease: int, *, revision: int = 0) -> list[str]:
-        """Live keys attached to `lease` at `revision` (0: now), in key order."""
-        at = revision or self._revision
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM (SELECT key, MAX(mod_revision) AS mod_revision, create_revision, version, "
-            "value, lease FROM kv WHERE key IN (SELECT key FROM kv WHERE lease = :lease) AND mod_revision <= :at "
-            "GROUP BY key) WHERE version > 0 AND lease = :lease ORDER BY key",
-            {"lease": lease, "at": at},
-        )
-        return [row[0].decode("utf-8") for row in rows]
+    def keys_with_lease(self, lease: int) -> list[str]:
+        """Live keys attached to `lease` at the newest revision (in a transaction: including its
+        applies so far), in key order."""
+        return [key.decode("utf-8") for key in self._index.keys_with_lease(lease)]
 
     def digest(self) -> str:
         """A hash of the whole live key/value state at the current revision (equal on equal replicas)."""
@@ -481,3 +496,18 @@ class MVCCStore:
             h.update(struct.pack(">I", len(kv.value)) + kv.value)
             h.update(struct.pack(">qqqq", kv.create_revision, kv.mod_revision, kv.version, kv.lease))
         return h.hexdigest()[:16]
+
+
+def _migrate_key_ordered_table(db: sqlite3.Connection) -> None:
+    """Move the rows of a file written before the rows were ordered by revision (table `kv`, keyed
+    by key) into `kv_log`, in one transaction."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone() is None:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(f"INSERT INTO kv_log ({_COLUMNS}) SELECT {_COLUMNS} FROM kv")
+        db.execute("DROP TABLE kv")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -188,8 +188,12 @@ def test_compaction(store: MVCCStore) -> None:
     with pytest.raises(InvalidArgument, match="cannot compact at revision 9"):
         store.compact(9)
     # Only history is dropped: the live state is untouched.
-    rows = store._db.execute("SELECT count(*) FROM kv").fetchone()[0]
+    rows = store._db.execute("SELECT count(*) FROM kv_log").fetchone()[0]
     assert rows == 3  # a@2 (visible at 4), b's tombstone at 4, a@5
+    # Compacting past the tombstone drops it, and a@2 is superseded: only a@5 is left.
+    store.compact(5)
+    assert store._db.execute("SELECT mod_revision, key FROM kv_log").fetchall() == [(5, b"a")]
+    assert [kv.key for kv in store.range("")] == ["a"] and store.get("b") is None
 
 
 def test_changes_carry_previous_values(store: MVCCStore) -> None:
@@ -221,6 +225,36 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert s.get("a") is None
         b = s.get("b", revision=2)
         assert b is not None and b.value == b"2"
+
+
+def test_a_file_from_the_key_ordered_layout_is_migrated(tmp_path: Path) -> None:
+    """Files written before rows were ordered by revision held them in table `kv`, keyed by key."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE kv (key BLOB NOT NULL, mod_revision INTEGER NOT NULL, create_revision INTEGER NOT NULL,
+            version INTEGER NOT NULL, value BLOB NOT NULL, lease INTEGER NOT NULL,
+            PRIMARY KEY (key, mod_revision)) WITHOUT ROWID;
+        CREATE INDEX kv_by_revision ON kv (mod_revision);
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('revision', 3), ('compact_revision', 0);
+        INSERT INTO kv VALUES (x'61', 1, 1, 1, x'31', 0), (x'61', 3, 0, 0, x'', 0), (x'62', 2, 2, 1, x'32', 5);
+        """
+    )
+    db.close()
+    with MVCCStore(path) as s:
+        assert s.revision == 3
+        assert s.get("a") is None and s.get("a", revision=2) is not None
+        assert [(kv.key, kv.value, kv.lease) for kv in s.range("")] == [("b", b"2", 5)]
+        assert s.keys_with_lease(5) == ["b"]
+        assert s.put("c", b"3") == 4
+        tables = {name for (name,) in s._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "kv" not in tables
+    with MVCCStore(path) as s:
+        assert [kv.key for kv in s.range("")] == ["b", "c"]
 
 
 def test_second_process_cannot_open_the_same_file(tmp_path: Path) -> None:
