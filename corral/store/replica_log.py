@@ -6,7 +6,10 @@ records (many prepares and commits) is one transaction and one fsync: group comm
 
 Tables besides the store's: `prepared` (voted yes, no decision yet) and `outcomes` (recent decisions,
 txid -> revision or NULL for aborted/refused, so peers' termination queries can be answered). Old
-outcomes are trimmed; the largest trimmed txid is kept as `forgotten_max_txid`.
+outcomes are trimmed; the largest trimmed txid is kept as `forgotten_max_txid`. "Old" is by `seq`, the
+order outcomes were written in, numbered here; `outcomes` is keyed by txid alone, so a batch of
+outcomes dirties one B-tree leaf (an AUTOINCREMENT key with a unique txid index dirtied three pages:
+3.3 WAL frames per commit of 4, against 1.0).
 
 `snapshot_staging` holds the pages of a member's state while a replica that missed compacted history
 receives them; the last page replaces the store with them in one transaction.
@@ -14,6 +17,7 @@ receives them; the last page replaces the store with them in one transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,9 +48,9 @@ CREATE TABLE IF NOT EXISTS prepared (
     participants BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS outcomes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    txid INTEGER NOT NULL UNIQUE,
-    revision INTEGER              -- NULL: aborted, or refused before any prepare arrived
+    txid INTEGER PRIMARY KEY,
+    revision INTEGER,             -- NULL: aborted, or refused before any prepare arrived
+    seq INTEGER NOT NULL          -- the order outcomes were written in
 );
 INSERT OR IGNORE INTO meta (name, value) VALUES ('forgotten_max_txid', 0);
 CREATE TABLE IF NOT EXISTS snapshot_staging ({KV_COLUMNS_SQL}, PRIMARY KEY (key)) WITHOUT ROWID;
@@ -64,7 +68,7 @@ class ReplicaBatch:
         self._tx = tx
         self._prepared: list[tuple[int, int, bytes, bytes, bytes]] = []
         self._settled: list[tuple[int]] = []  # txids whose prepared rows go
-        self._outcomes: list[tuple[int, int | None]] = []
+        self._outcomes: list[tuple[int, int | None, int]] = []
 
     def read(self, keys: Sequence[str]) -> dict[str, KeyValue | None]:
         """Current state of `keys`, including commits applied earlier in this batch."""
@@ -91,10 +95,10 @@ class ReplicaBatch:
                     raise Internal(f"commit at revision {rec.revision}, but the replica is at {self._tx.revision}")
                 self._tx.apply(rec.writes, revision=rec.revision)
                 self._settled.append((rec.txid,))
-                self._outcomes.append((rec.txid, rec.revision))
+                self._outcomes.append((rec.txid, rec.revision, self._storage.next_seq()))
             elif isinstance(rec, AbortedRecord):
                 self._settled.append((rec.txid,))
-                self._outcomes.append((rec.txid, None))
+                self._outcomes.append((rec.txid, None, self._storage.next_seq()))
             elif isinstance(rec, DiscardedRecord):
                 self._settled.append((rec.txid,))
             elif isinstance(rec, CaughtUpRecord):
@@ -141,7 +145,7 @@ class ReplicaBatch:
             db.executemany("DELETE FROM prepared WHERE txid = ?", self._settled)
             self._settled.clear()
         if self._outcomes:
-            db.executemany("INSERT OR REPLACE INTO outcomes (txid, revision) VALUES (?, ?)", self._outcomes)
+            db.executemany("INSERT OR REPLACE INTO outcomes (txid, revision, seq) VALUES (?, ?, ?)", self._outcomes)
             self._outcomes.clear()
 
 
@@ -157,9 +161,17 @@ class ReplicaStorage:
         outcomes_max: int = OUTCOMES_REMEMBERED_MAX,
     ) -> None:
         self.store = MVCCStore(path, limits=limits, synchronous=synchronous)
-        self.store.connection.executescript(_SCHEMA)
+        db = self.store.connection
+        _migrate_outcomes(db)
+        db.executescript(_SCHEMA)
         self._outcomes_max = outcomes_max
         self._writes_since_trim = 0
+        (newest,) = db.execute("SELECT max(seq) FROM outcomes").fetchone()
+        self._seq = int(newest or 0)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def close(self) -> None:
         self.store.close()
@@ -238,10 +250,7 @@ class ReplicaStorage:
         """Forget the oldest outcomes beyond the bound, remembering the largest forgotten txid."""
         db = tx.connection
         self._writes_since_trim = 0
-        row = db.execute("SELECT max(seq) FROM outcomes").fetchone()
-        if row[0] is None:
-            return
-        cutoff = int(row[0]) - self._outcomes_max
+        cutoff = self._seq - self._outcomes_max  # the newest seq given out (a rolled-back one too)
         if cutoff <= 0:
             return
         (oldest_max,) = db.execute("SELECT max(txid) FROM outcomes WHERE seq <= ?", (cutoff,)).fetchone()
@@ -252,3 +261,21 @@ class ReplicaStorage:
             (int(oldest_max),),
         )
         db.execute("DELETE FROM outcomes WHERE seq <= ?", (cutoff,))
+
+
+def _migrate_outcomes(db: sqlite3.Connection) -> None:
+    """Rekey an `outcomes` table of the earlier layout (an AUTOINCREMENT `seq` key, a unique txid) by
+    txid, keeping each outcome's seq, in one transaction."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outcomes'").fetchone()
+    if row is None or "AUTOINCREMENT" not in row[0]:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE outcomes RENAME TO outcomes_by_seq")
+        db.execute("CREATE TABLE outcomes (txid INTEGER PRIMARY KEY, revision INTEGER, seq INTEGER NOT NULL)")
+        db.execute("INSERT INTO outcomes (txid, revision, seq) SELECT txid, revision, seq FROM outcomes_by_seq")
+        db.execute("DROP TABLE outcomes_by_seq")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
