@@ -30,7 +30,7 @@ from corral.records import (
     Record,
     ViewRecord,
 )
-from corral.store.mvcc import open_connection
+from corral.store.mvcc import migrate_table, open_connection
 
 _DECISIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -70,7 +70,19 @@ class DecisionLog:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", remembered_max: int = CLIENT_OUTCOMES_MAX):
         self.path = Path(path)
         self._db: sqlite3.Connection = open_connection(self.path, synchronous=synchronous)
-        _migrate_unique_revisions(self._db)
+        # The earlier layout: a unique revision column. Rebuilt without that index.
+        migrate_table(
+            self._db,
+            "decisions",
+            when=lambda sql: "UNIQUE" in sql,
+            steps=[
+                "DROP INDEX IF EXISTS decisions_unended",
+                "ALTER TABLE decisions RENAME TO decisions_unique",
+                _DECISIONS_TABLE,
+                f"INSERT INTO decisions ({_COLUMNS}, ended) SELECT {_COLUMNS}, ended FROM decisions_unique",
+                "DROP TABLE decisions_unique",
+            ],
+        )
         self._db.executescript(_SCHEMA)
         self._remembered_max = remembered_max
         self._lazy: list[EndRecord] = []
@@ -181,22 +193,3 @@ class DecisionLog:
             "(SELECT value FROM meta WHERE name = 'last_revision') - ?",
             (self._remembered_max,),
         )
-
-
-def _migrate_unique_revisions(db: sqlite3.Connection) -> None:
-    """Rebuild a `decisions` table of the earlier layout (a unique revision column) without that
-    index, in one transaction."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").fetchone()
-    if row is None or "UNIQUE" not in row[0]:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("DROP INDEX IF EXISTS decisions_unended")
-        db.execute("ALTER TABLE decisions RENAME TO decisions_unique")
-        db.execute(_DECISIONS_TABLE)
-        db.execute(f"INSERT INTO decisions ({_COLUMNS}, ended) SELECT {_COLUMNS}, ended FROM decisions_unique")
-        db.execute("DROP TABLE decisions_unique")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

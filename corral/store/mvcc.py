@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +264,13 @@ class MVCCStore:
         self.limits = limits
         self._db = open_connection(self.path, synchronous=synchronous)
         self._db.executescript(_SCHEMA)
-        _migrate_key_ordered_table(self._db)
+        # Files written before rows were ordered by revision held them in `kv`, keyed by key.
+        migrate_table(
+            self._db,
+            "kv",
+            when=lambda sql: True,
+            steps=[f"INSERT INTO kv_log (id, {_COLUMNS}) " + _ROWS_WITH_IDS.format("kv"), "DROP TABLE kv"],
+        )
         self._in_txn = False
         self._heads: dict[bytes, KeyValue | None] = {}  # see HEAD_CACHE_MAX
         meta = dict(self._db.execute("SELECT name, value FROM meta"))
@@ -507,15 +513,16 @@ class MVCCStore:
         return h.hexdigest()[:16]
 
 
-def _migrate_key_ordered_table(db: sqlite3.Connection) -> None:
-    """Move the rows of a file written before the rows were ordered by revision (table `kv`, keyed
-    by key) into `kv_log`, in one transaction."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone() is None:
+def migrate_table(db: sqlite3.Connection, table: str, *, when: Callable[[str], bool], steps: Sequence[str]) -> None:
+    """Bring a table of an earlier layout up to date: run `steps` in one transaction if `table`
+    exists and its CREATE statement satisfies `when`."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    if row is None or not when(row[0]):
         return
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute(f"INSERT INTO kv_log (id, {_COLUMNS}) " + _ROWS_WITH_IDS.format("kv"))
-        db.execute("DROP TABLE kv")
+        for sql in steps:
+            db.execute(sql)
     except BaseException:
         db.execute("ROLLBACK")
         raise

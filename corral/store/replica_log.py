@@ -17,7 +17,6 @@ receives them; the last page replaces the store with them in one transaction.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +36,14 @@ from corral.records import (
     SnapshotPageRecord,
 )
 from corral.store.codec import decode_keys, decode_writes, encode_keys, encode_writes
-from corral.store.mvcc import KV_COLUMNS_SQL, MVCCStore, StoreTxn
+from corral.store.mvcc import KV_COLUMNS_SQL, MVCCStore, StoreTxn, migrate_table
 
+_OUTCOMES_TABLE = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    txid INTEGER PRIMARY KEY,
+    revision INTEGER,             -- NULL: aborted, or refused before any prepare arrived
+    seq INTEGER NOT NULL          -- the order outcomes were written in
+)"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS prepared (
     txid INTEGER PRIMARY KEY,
@@ -47,11 +52,7 @@ CREATE TABLE IF NOT EXISTS prepared (
     writes BLOB NOT NULL,
     participants BLOB NOT NULL DEFAULT x''
 );
-CREATE TABLE IF NOT EXISTS outcomes (
-    txid INTEGER PRIMARY KEY,
-    revision INTEGER,             -- NULL: aborted, or refused before any prepare arrived
-    seq INTEGER NOT NULL          -- the order outcomes were written in
-);
+{_OUTCOMES_TABLE};
 INSERT OR IGNORE INTO meta (name, value) VALUES ('forgotten_max_txid', 0);
 CREATE TABLE IF NOT EXISTS snapshot_staging ({KV_COLUMNS_SQL}, PRIMARY KEY (key)) WITHOUT ROWID;
 """
@@ -162,7 +163,18 @@ class ReplicaStorage:
     ) -> None:
         self.store = MVCCStore(path, limits=limits, synchronous=synchronous)
         db = self.store.connection
-        _migrate_outcomes(db)
+        # The earlier layout: an AUTOINCREMENT seq key and a unique txid. Rekeyed by txid, seqs kept.
+        migrate_table(
+            db,
+            "outcomes",
+            when=lambda sql: "AUTOINCREMENT" in sql,
+            steps=[
+                "ALTER TABLE outcomes RENAME TO outcomes_by_seq",
+                _OUTCOMES_TABLE,
+                "INSERT INTO outcomes (txid, revision, seq) SELECT txid, revision, seq FROM outcomes_by_seq",
+                "DROP TABLE outcomes_by_seq",
+            ],
+        )
         db.executescript(_SCHEMA)
         self._outcomes_max = outcomes_max
         self._writes_since_trim = 0
@@ -261,21 +273,3 @@ class ReplicaStorage:
             (int(oldest_max),),
         )
         db.execute("DELETE FROM outcomes WHERE seq <= ?", (cutoff,))
-
-
-def _migrate_outcomes(db: sqlite3.Connection) -> None:
-    """Rekey an `outcomes` table of the earlier layout (an AUTOINCREMENT `seq` key, a unique txid) by
-    txid, keeping each outcome's seq, in one transaction."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outcomes'").fetchone()
-    if row is None or "AUTOINCREMENT" not in row[0]:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("ALTER TABLE outcomes RENAME TO outcomes_by_seq")
-        db.execute("CREATE TABLE outcomes (txid INTEGER PRIMARY KEY, revision INTEGER, seq INTEGER NOT NULL)")
-        db.execute("INSERT INTO outcomes (txid, revision, seq) SELECT txid, revision, seq FROM outcomes_by_seq")
-        db.execute("DROP TABLE outcomes_by_seq")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
