@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.errors import FailedPrecondition, InvalidArgument, NotFound
-from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, MIN_REPLICAS, Limits, Timeouts
+from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, MIN_REPLICAS, TXN_OPS_CEILING, Limits, Timeouts
 
 CONFIG_NAME = "corral.toml"
 DEFAULT_DIR = "corral-data"
@@ -98,6 +98,10 @@ class ClusterConfig:
             raise InvalidArgument(f"{path} is not valid TOML: {exc}") from None
         timeouts = _dataclass_from(Timeouts, raw.get("timeouts", {}), path, "timeouts")
         limits = _dataclass_from(Limits, raw.get("limits", {}), path, "limits")
+        if limits.txn_ops_max > TXN_OPS_CEILING:
+            raise InvalidArgument(
+                f"[limits] txn_ops_max in {path} is at most {TXN_OPS_CEILING:,}, got {limits.txn_ops_max:,}"
+            )
         nodes: dict[str, NodeConfig] = {}
         for name, spec in raw.get("nodes", {}).items():
             nodes[name] = _node(path, name, spec)

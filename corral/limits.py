@@ -22,6 +22,8 @@ VALUE_BYTES_MAX = 1 * MIB
 # A transaction's writes and compares together. Every key of a transaction is locked on every
 # replica during 2PC, so a huge transaction blocks many others; 128 is etcd's --max-txn-ops.
 TXN_OPS_MAX = 128
+# The most `txn_ops_max` may be configured to: the store numbers a revision's rows in 16 bits.
+TXN_OPS_CEILING = 1 << 16
 
 # One range read answers at most this many keys per call; the SDK pages beyond it. Bounds the
 # memory of a single reply.

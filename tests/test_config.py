@@ -35,6 +35,7 @@ def test_init_writes_a_config_that_loads_back(tmp_path: Path) -> None:
         ("[nodes.coordinator]\nrole = 'coordinator'\nport = 1\npeer_port = 1\n", "peer_port must differ from port"),
         ("[timeouts]\nprepare_timeout = 5\n", "unknown setting 'prepare_timeout'"),
         ("[limits]\nvalue_bytes_max = -1\n", "must be a positive integer"),
+        ("[limits]\ntxn_ops_max = 65537\n", "txn_ops_max in"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

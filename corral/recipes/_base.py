@@ -179,6 +179,18 @@ async def fence_revision(client: AsyncClient) -> int:
     return (await client.txn()).revision
 
 
+async def read_with_floor(client: AsyncClient, prefix: str) -> tuple[list[KeyValue], int]:
+    """The keys under `prefix`, and a revision a watch for what comes after this read may start
+    after: the newest `mod_revision` read or, when the read found nothing, a fence fixed *before*
+    reading again (a fence after an empty read would skip a change made in between)."""
+    kvs = await client.range(prefix)
+    if kvs:
+        return kvs, floor_of(kvs)
+    fence = await fence_revision(client)
+    kvs = await client.range(prefix)
+    return kvs, floor_of(kvs, fence)
+
+
 # -- waiting -------------------------------------------------------------------------------------------
 
 

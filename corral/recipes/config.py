@@ -36,7 +36,7 @@ from corral.recipes._base import (
     closing,
     events_under,
     fence_revision,
-    floor_of,
+    read_with_floor,
     retry_conflicts,
     wait_event,
 )
@@ -112,12 +112,11 @@ class Config:
         last: dict[str, bytes] | None = None
         rewatch = Rewatcher(self._client)
         while True:
-            kvs = await self._client.range(self._base)
+            kvs, floor = await read_with_floor(self._client, self._base)  # floor: before yielding
             current = {kv.key[len(self._base) :]: kv.value for kv in kvs}
             if current != last:
                 yield current
                 last = current
-            floor = floor_of(kvs) or await fence_revision(self._client)
             await rewatch.wait(
                 self._base,
                 prefix=True,

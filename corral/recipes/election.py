@@ -20,7 +20,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
 from corral.client.aio import AsyncClient
@@ -37,8 +37,7 @@ from corral.recipes._base import (
     as_bytes,
     check_async_client,
     check_name,
-    fence_revision,
-    floor_of,
+    read_with_floor,
     retry_conflicts,
 )
 from corral.recipes._blocking import iterate, run
@@ -168,7 +167,7 @@ class LeaderElection:
         queue = await self.candidates()
         return Leader.of(queue[0]) if queue else None
 
-    async def observe(self, timeout: float | None = None) -> AsyncIterator[Leader | None]:
+    async def observe(self, timeout: float | None = None) -> AsyncGenerator[Leader | None, None]:
         """Yield the leader now, then again each time it changes (a new leader, none, or a new value).
 
         Raises:
@@ -178,13 +177,12 @@ class LeaderElection:
         last: Leader | str | None = "nothing yet"
         rewatch = Rewatcher(self._client)
         while True:
-            kvs = await self._client.range(self._base)
+            kvs, floor = await read_with_floor(self._client, self._base)  # floor: before yielding
             queue = queue_of(kvs, self._base, ("",))
             current = Leader.of(queue[0]) if queue else None
             if current != last:
                 yield current
                 last = current
-            floor = floor_of(kvs) or await fence_revision(self._client)
 
             def changes_leader(event: Event, current: Leader | None = current) -> bool:
                 if current is None:

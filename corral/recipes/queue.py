@@ -137,6 +137,8 @@ class Queue:
             # after it reflect at least as much (see _base's docstring on floors).
             claims = await self._client.range(self._claims, limit=CLAIMS_MAX)
             floor = max(self._floor, floor_of(claims))
+            if floor == 0:  # nothing to start a watch from: a fence, fixed before the items are read
+                floor = self._floor = await fence_revision(self._client)
             items = await self._client.range(self._items, limit=len(claims) + TAKE_BATCH)
             claimed = {sequence_of(kv.key, self._claims) for kv in claims}
             raced = False
@@ -160,8 +162,6 @@ class Queue:
                 contended += 1
                 continue
             contended = 0
-            if floor == 0:
-                floor = self._floor = await fence_revision(self._client)
             woken = await rewatch.wait(
                 self._base,
                 prefix=True,

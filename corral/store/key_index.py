@@ -19,8 +19,11 @@ from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
+from corral.limits import TXN_OPS_CEILING
+
 SUB_BITS = 16
 ROWS_PER_REVISION_MAX = 1 << SUB_BITS  # a revision's rows; bounds a transaction's writes
+assert ROWS_PER_REVISION_MAX == TXN_OPS_CEILING
 
 
 def row_id(revision: int, sub: int) -> int:

@@ -129,6 +129,26 @@ def test_election_campaign_proclaim_observe_resign(shared_cluster: LocalCluster)
     run(scenario())
 
 
+def test_observe_sees_a_leader_elected_while_the_caller_held_the_first_answer(shared_cluster: LocalCluster) -> None:
+    """The first answer (no leader) came from an empty read; a campaign made before the caller asks
+    for the next answer must still be seen. (A fence taken after the empty read, when the generator
+    resumed, started the watch past the campaign: the observer waited for ever.)"""
+
+    async def scenario() -> None:
+        client = await connect_async(shared_cluster.path, timeout=10)
+        observing = LeaderElection(client, "held").observe()
+        assert await asyncio.wait_for(anext(observing), 10) is None
+        candidate = LeaderElection(client, "held", ttl=5)
+        await candidate.campaign("a")  # while the generator is suspended at its yield
+        leader = await asyncio.wait_for(anext(observing), 10)
+        assert leader is not None and leader.value == b"a"
+        await observing.aclose()
+        await candidate.resign()
+        await client.close()
+
+    run(scenario())
+
+
 async def _next(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), 10)
     event.clear()

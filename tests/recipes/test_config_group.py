@@ -25,6 +25,25 @@ from tests.integration.harness import LocalCluster
 from tests.recipes.test_lock import run
 
 
+def test_watch_sees_a_change_made_while_the_caller_held_the_empty_configuration(
+    shared_cluster: LocalCluster,
+) -> None:
+    """The first answer came from an empty read; a set made before the caller asks for the next one
+    must still be seen (the watch's start is fixed before the answer is handed out)."""
+
+    async def scenario() -> None:
+        client = await connect_async(shared_cluster.path, timeout=10)
+        config = Config(client, "held")
+        watching = config.watch()
+        assert await asyncio.wait_for(anext(watching), 10) == {}
+        await config.set("k", b"1")  # while the generator is suspended at its yield
+        assert await asyncio.wait_for(anext(watching), 10) == {"k": b"1"}
+        await watching.aclose()
+        await client.close()
+
+    run(scenario())
+
+
 def test_config_get_set_changes_and_snapshots(shared_cluster: LocalCluster) -> None:
     async def scenario() -> None:
         client = await connect_async(shared_cluster.path, timeout=10)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corral.client import connect_async
 from corral.errors import InvalidArgument, LeaseExpired
+from corral.model import KeyValue
 from corral.recipes import BlockingCounter, BlockingQueue, Counter, Queue, WaitTimeout
 from tests.integration.harness import LocalCluster, wait_until
 from tests.recipes.conftest import ClientProcesses, read_records
@@ -46,6 +48,33 @@ def test_eight_processes_add_1600(clients: ClientProcesses, tmp_path: Path) -> N
     assert sorted(values) == list(range(1, 1601))
     with clients.cluster.client(timeout=10) as client:
         assert BlockingCounter(client, "shared").value() == 1600
+
+
+def test_take_sees_an_item_put_just_after_it_found_the_queue_empty(shared_cluster: LocalCluster) -> None:
+    """An item put between a take's empty read and the start of its watch wakes the take. (With the
+    fence taken after the read, the watch started past the put, and the take slept to its deadline.)"""
+
+    async def scenario() -> None:
+        client = await connect_async(shared_cluster.path, timeout=10)
+        producer_client = await connect_async(shared_cluster.path, timeout=10)
+        consumer = Queue(client, "gap", ttl=5, consumer="c")
+        read = client.range
+        put_once: list[str] = []
+
+        async def range_then_put(prefix: str, **kwargs: Any) -> list[KeyValue]:
+            kvs = await read(prefix, **kwargs)
+            if prefix == consumer._items and not kvs and not put_once:
+                put_once.append(await Queue(producer_client, "gap").put("late"))  # after the empty read
+            return kvs
+
+        client.range = range_then_put  # type: ignore[method-assign]
+        item = await consumer.take(timeout=5)
+        assert put_once and item.key == put_once[0] and item.value == b"late"
+        await consumer.ack(item)
+        await client.close()
+        await producer_client.close()
+
+    run(scenario())
 
 
 def test_queue_claims_acks_and_returns(shared_cluster: LocalCluster) -> None:
