@@ -14,11 +14,12 @@ import json
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.errors import FailedPrecondition, InvalidArgument, NotFound
+from corral.frozen import frozen
 from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, MIN_REPLICAS, TXN_OPS_CEILING, Limits, Timeouts
 
 CONFIG_NAME = "corral.toml"
@@ -30,7 +31,7 @@ ROLES = ("coordinator", "replica")
 _Settings = TypeVar("_Settings", Timeouts, Limits)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeConfig:
     name: str
     role: str
@@ -49,7 +50,7 @@ class NodeConfig:
         return f"{self.host}:{self.peer_port}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClusterConfig:
     path: Path
     name: str

@@ -6,7 +6,7 @@ Values that an operator may change are also fields of `Limits`, which the config
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from corral.frozen import frozen
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -30,7 +30,7 @@ TXN_OPS_CEILING = 1 << 16
 RANGE_LIMIT_MAX = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Limits:
     """Limits a deployment may tune (config file section `[limits]`)."""
 
@@ -52,7 +52,7 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Timeouts:
     """Protocol timers, in milliseconds (config file section `[timeouts]`).
 

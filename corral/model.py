@@ -8,9 +8,10 @@ the edge of the system. The value's *size* limit is a deployment setting, checke
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from corral.errors import InvalidArgument
+from corral.frozen import frozen
 from corral.limits import DEFAULT_LIMITS, KEY_BYTES_MAX, Limits, format_bytes
 
 Revision = int
@@ -105,7 +106,7 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyValue:
     """A key's value at some revision, with etcd's bookkeeping.
 
@@ -120,7 +121,7 @@ class KeyValue:
     lease: LeaseId = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Put:
     key: str
     value: bytes
@@ -132,7 +133,7 @@ class Put:
         validate_lease(self.lease)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delete:
     key: str
 
@@ -149,7 +150,7 @@ def sequential_key(prefix: str, revision: int) -> str:
     return f"{prefix}{revision:0{SEQUENTIAL_DIGITS}d}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PutSequential:
     """Create a new key under `prefix`, named by its commit revision (`sequential_key`): unique, and
     increasing in commit order, which is what lock and queue recipes need. It cannot conflict with
@@ -168,7 +169,7 @@ class PutSequential:
         return Put(sequential_key(self.prefix, revision), self.value, self.lease)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeleteByLease:
     """Delete every key attached to a lease (the coordinator's own transaction when a lease ends).
     Each replica resolves it at prepare time to the keys it holds with that lease."""
@@ -193,7 +194,7 @@ class EventKind(enum.StrEnum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Event:
     """One change to one key; `kv` is the key after it (for a delete: key and revision only)."""
 
@@ -221,7 +222,7 @@ class CompareOp(enum.StrEnum):
     GREATER = ">"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Compare:
     """A condition on one key, evaluated atomically with a transaction's writes (etcd's Compare).
 

@@ -9,8 +9,8 @@ a transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from corral.frozen import frozen
 from corral.model import KeyValue, PreparedWrite, Write
 
 TxId = int
@@ -34,14 +34,14 @@ def format_txid(txid: TxId) -> str:
 # -- records -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EpochRecord:
     """Coordinator: a new incarnation started (forced before any of its txids is used)."""
 
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CommitRecord:
     """Coordinator: the decision to commit txid at revision (forced before anyone hears of it)."""
 
@@ -52,14 +52,14 @@ class CommitRecord:
     succeeded: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EndRecord:
     """Coordinator: every replica applied txid; its commit need not be re-sent (lazy)."""
 
     txid: TxId
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseRecord:
     """Coordinator: a lease was granted (forced before the client hears its id)."""
 
@@ -67,14 +67,14 @@ class LeaseRecord:
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseEndRecord:
     """Coordinator: a lease ended and its keys are deleted (logged with that deletion's commit)."""
 
     lease_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ViewRecord:
     """Coordinator: the replicas that vote on new transactions and may hold read leases (forced)."""
 
@@ -82,7 +82,7 @@ class ViewRecord:
     members: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PreparedRecord:
     """Replica: voted yes on txid; these are the writes it will apply if committed (forced)."""
 
@@ -93,7 +93,7 @@ class PreparedRecord:
     participants: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CommittedRecord:
     """Replica: apply txid's writes at revision, atomically with forgetting its PreparedRecord."""
 
@@ -102,14 +102,14 @@ class CommittedRecord:
     writes: tuple[Write, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AbortedRecord:
     """Replica: txid aborted; forget its PreparedRecord (or promise never to vote yes on it)."""
 
     txid: TxId
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CaughtUpRecord:
     """Replica (catching up outside the view): apply fetched revisions in order, then stand at
     `through_revision`."""
@@ -118,7 +118,7 @@ class CaughtUpRecord:
     through_revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SnapshotPageRecord:
     """Replica (catching up past a member's compacted history): stage one page of the member's state at
     `revision` (`first` clears what an abandoned snapshot staged); at the `last` page, the staged state
@@ -130,7 +130,7 @@ class SnapshotPageRecord:
     last: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DiscardedRecord:
     """Replica (outside the view): drop an in-doubt PREPARED record without applying it; catching up
     brings its effect if it committed. No outcome is recorded."""
@@ -138,7 +138,7 @@ class DiscardedRecord:
     txid: TxId
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ForgottenRecord:
     """Replica: outcomes of txids up to this one may be unknown here. `drop_outcomes` (on rejoining)
     also forgets the outcomes it remembers up to there: from before it left, they cannot be trusted."""
@@ -167,7 +167,7 @@ Record = (
 # -- start states ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CoordinatorDisk:
     """What the coordinator finds in its log at start."""
 
@@ -206,7 +206,7 @@ class CoordinatorDisk:
         return cls(epoch, last_revision, unended, tuple(ordered), view, members, tuple(leases.items()))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ParticipantDisk:
     """What a replica finds on disk at start (its store and its 2PC tables)."""
 

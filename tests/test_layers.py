@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).parents[1] / "corral"
 LAYERS = {
     "errors": 0,
     "limits": 0,
+    "frozen": 0,
     "model": 1,
     "records": 1,
     "store": 2,
@@ -46,7 +47,7 @@ CORE_STDLIB = {
     "typing",
     "types",
 }
-CORE_CORRAL = {"corral.model", "corral.records", "corral.errors", "corral.limits", "corral.core"}
+CORE_CORRAL = {"corral.model", "corral.records", "corral.errors", "corral.limits", "corral.frozen", "corral.core"}
 
 
 def _imports(path: Path) -> list[str]:

@@ -15,7 +15,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,6 +26,7 @@ from corral.config import ClusterConfig, find_config
 from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
 from corral.errors import CorralError, InvalidArgument, Unavailable
+from corral.frozen import frozen
 from corral.limits import DEFAULT_LIMITS, Limits
 from corral.model import (
     Compare,
@@ -61,7 +61,7 @@ _CHANNEL_OPTIONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TxnResponse:
     """A committed transaction: its revision, and whether its compares held (on_success ran)."""
 
@@ -69,7 +69,7 @@ class TxnResponse:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeStatus:
     name: str
     role: str
@@ -95,7 +95,7 @@ class NodeStatus:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Endpoints:
     coordinator: str
     replicas: tuple[str, ...]

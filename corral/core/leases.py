@@ -22,6 +22,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from corral.errors import CorralError, Internal, InvalidArgument, LeaseExpired, NotFound
+from corral.frozen import frozen
 
 LeaseId = int
 _COUNTER_BITS = 32
@@ -44,7 +45,7 @@ class Lease:
         return max(0, self.expires_at_ms - now_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseInfo:
     """A lease as clients see it: its id, granted TTL and time left (0 once ended)."""
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from corral.core.leases import LeaseInfo
 from corral.errors import CorralError, InvalidArgument, from_code
+from corral.frozen import frozen
 from corral.limits import Limits
 from corral.model import (
     SEQUENTIAL_DIGITS,
@@ -43,7 +44,7 @@ _PUTS = (Put, PutSequential)  # writes that may attach a lease
 # -- transactions ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TxnSpec:
     """A client transaction: if every compare holds, apply on_success, else on_failure."""
 
@@ -145,7 +146,7 @@ def writes_digest(writes: Sequence[PreparedWrite]) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ErrorInfo:
     """A typed error as data, so it can cross cores, the wire and the simulator."""
 
@@ -164,7 +165,7 @@ class ErrorInfo:
 # -- peer messages -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Prepare:
     """Vote on txid. `participants` is fixed for the transaction's life: every one of them must vote
     yes for it to commit, and only they may be asked about it (cooperative termination)."""
@@ -174,18 +175,18 @@ class Prepare:
     participants: tuple[NodeName, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Commit:
     txid: TxId
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Abort:
     txid: TxId
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Vote:
     txid: TxId
     yes: bool
@@ -194,7 +195,7 @@ class Vote:
     digest: str = ""  # writes_digest of what the voter holds prepared (a yes vote)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ack:
     """Cumulative: the sender has applied every revision up to `revision` (commits apply in revision
     order), so one ack settles every commit at or below it; `txid` is the last one applied."""
@@ -203,7 +204,7 @@ class Ack:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ResolveRequest:
     """ "What became of these transactions?" from a replica holding them prepared."""
 
@@ -218,14 +219,14 @@ class OutcomeKind(enum.IntEnum):
     UNCERTAIN = 4  # a replica that voted yes and has not heard the decision either
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     txid: TxId
     kind: OutcomeKind
     revision: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ResolveReply:
     outcomes: tuple[Outcome, ...]
 
@@ -233,7 +234,7 @@ class ResolveReply:
 # -- views, read leases, rejoining ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseRequest:
     """A replica asks to keep serving linearizable reads; `request_ms` is its own clock at sending,
     echoed back so the lease counts from before the grant (the safe side)."""
@@ -242,7 +243,7 @@ class LeaseRequest:
     applied_revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseGrant:
     """To a member of the view: serve linearizable reads until your request_ms + lease_ms."""
 
@@ -252,7 +253,7 @@ class LeaseGrant:
     request_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NotMember:
     """To a replica outside the view: catch up from a member, then ask to join."""
 
@@ -260,14 +261,14 @@ class NotMember:
     members: tuple[NodeName, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Join:
     """A caught-up replica asks to enter the view."""
 
     applied_revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class JoinReady:
     """The coordinator paused new transactions: fetch up to `revision`, then report CaughtUp.
     `txid_high` is the highest txid issued so far; the joiner may have forgotten anything below it."""
@@ -276,12 +277,12 @@ class JoinReady:
     txid_high: TxId
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CaughtUp:
     applied_revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FetchRequest:
     """To a member: send me the committed revisions from `from_revision` on (served by the shell
     from the store's history, not by the core)."""
@@ -289,7 +290,7 @@ class FetchRequest:
     from_revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FetchReply:
     """Committed revisions in order (revision, writes), covering everything up to `through_revision`
     (revisions without writes are simply absent); `complete` when that is the sender's newest
@@ -301,7 +302,7 @@ class FetchReply:
     error: ErrorInfo | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SnapshotRequest:
     """To a member, from a replica whose missing history that member has compacted: one page of the
     whole state at `revision` (0: the member's current one), the live keys after `after_key` (served
@@ -311,7 +312,7 @@ class SnapshotRequest:
     after_key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SnapshotPage:
     """Live keys of the state at `revision` after `after_key`, in key order; `more` until the last
     page. `error` when the member cannot serve that state (not a member, or compacted past it)."""
@@ -344,7 +345,7 @@ Message = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Envelope:
     dst: NodeName
     msg: Message
@@ -353,7 +354,7 @@ class Envelope:
 # -- events ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Received:
     """A message arrived from `src`. For a Prepare, `reads` holds the current state of its compare
     keys and `lease_keys` the keys each lease it deletes holds (read by the shell right before the
@@ -365,7 +366,7 @@ class Received:
     lease_keys: Mapping[int, Sequence[str]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Unreachable:
     """The shell could not deliver these messages to `dst` (connection refused, RPC timed out)."""
 
@@ -373,7 +374,7 @@ class Unreachable:
     msgs: tuple[Message, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClientTxn:
     """A client's transaction arrived at the coordinator. (client_id, seq) identify it across retries."""
 
@@ -384,7 +385,7 @@ class ClientTxn:
     deadline_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClientLease:
     """A client's lease request: grant (ttl_ms), keepalive, revoke or ttl (of lease_id)."""
 
@@ -394,7 +395,7 @@ class ClientLease:
     ttl_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Tick:
     """Time passed; the core checks its timers."""
 
@@ -405,19 +406,19 @@ Event = Received | Unreachable | ClientTxn | ClientLease | Tick
 # -- effects ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TxnResult:
     revision: int
     succeeded: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClientReply:
     request_id: int
     result: TxnResult | LeaseInfo | ErrorInfo
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Effects:
     persist: tuple[Record, ...] = ()  # made durable before anything below
     persist_lazy: tuple[Record, ...] = ()  # durable eventually; ordering-free

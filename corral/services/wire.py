@@ -19,11 +19,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from corral.core.messages import Message
 from corral.errors import CorralError, FailedPrecondition
+from corral.frozen import frozen
 from corral.rpc import corral_pb2 as pb
 from corral.rpc.bundles import split
 from corral.rpc.convert import message_to_pb
@@ -53,7 +53,7 @@ Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
 StreamHandler = Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DirectStream:
     """A call stream served by callbacks: `on_message(message, answer)` runs as each message is read
     and calls `answer(item)` for each of its calls, then or later; `bundle(items)` makes the message

@@ -8,8 +8,8 @@ to a few hundred milliseconds of CPU, so that CI sweeps 1,000 seeds in well unde
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
+from corral.frozen import frozen
 from corral.limits import (
     FETCH_BYTES_MAX,
     FETCH_REVISIONS_MAX,
@@ -85,7 +85,7 @@ def lease_expiry_ms(timeouts: Timeouts) -> int:
     return lease + int(lease * LEASE_DRIFT_FRACTION) + LEASE_DRIFT_MS
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SimConfig:
     """One run's shape: sizes, network, timers and how many random faults."""
 

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from corral.errors import InvalidArgument
+from corral.frozen import frozen
 
 # The failure explanation lists at most this many operations and placed steps: enough context to see the
 # conflict, short enough to read in a test failure.
@@ -76,7 +77,7 @@ class OpKind(StrEnum):
     CAS = "cas"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Operation:
     """One client operation on one key, with its invocation and response times."""
 

@@ -67,6 +67,7 @@ from corral.core.messages import (
     TxnSpec,
     Vote,
 )
+from corral.frozen import frozen
 from corral.limits import PEER_BATCH_MAX
 from corral.model import PutSequential
 from corral.records import format_txid
@@ -81,7 +82,7 @@ UnreachableFn = Callable[[str, str, Items, int], None]
 # -- what travels besides the cores' messages ---------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadRequest:
     """A client's linearizable read at one replica (virtual-time deadline): of one key, or with `prefix`
     of every key starting with `key` (a range read)."""
@@ -92,7 +93,7 @@ class ReadRequest:
     prefix: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadReply:
     request_id: int
     value: bytes | None = None
@@ -100,7 +101,7 @@ class ReadReply:
     kvs: tuple[tuple[str, bytes], ...] = ()  # a range read: (key, value) in key order
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseCall:
     """A client's lease request to the coordinator, with its (virtual-time) deadline: as a gRPC call, it is
     never handled once the deadline has passed."""
@@ -225,7 +226,7 @@ class Scheduler:
         self.now_ms = max(self.now_ms, time_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeClock:
     """A node's monotonic clock: `offset + floor(virtual time * rate)`; never 0 once offset > 0."""
 
@@ -247,7 +248,7 @@ class NodeClock:
         return t
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NetConfig:
     """One seed's network behaviour (see the module docstring)."""
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 from corral.core.leases import LeaseInfo
 from corral.core.messages import ErrorInfo, TxnResult, TxnSpec
+from corral.frozen import frozen
 from corral.model import Delete, DeleteByLease, Event, KeyValue, PreparedWrite, Put, PutSequential, Write
 from corral.records import CommitRecord, Record, TxId
 from corral.store.replica_log import ReplicaStorage
@@ -102,7 +103,7 @@ class LeaseOpRecord:
         return f"client={self.client} lease-{self.op} lease={self.lease} [{self.call_ms}, {self.ret_ms}] -> {out}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseStep:
     """The coordinator's side of a lease in one step: what happened (`LeaseStepKind`), in which epoch, at
     what time on its own clock (`local_ms`) and in virtual time (`at_ms`)."""
@@ -115,7 +116,7 @@ class LeaseStep:
     ttl_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseEnd:
     """A LeaseEndRecord, with the revisions of the commits logged in the same forced write."""
 
@@ -124,7 +125,7 @@ class LeaseEnd:
     at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ServedRead:
     """A linearizable read served by a replica: at virtual time `at_ms` it returned `value` for `key` (a range
     read: `kvs` for every key under the prefix `key`). `decided_revision` is the newest revision in the
@@ -211,7 +212,7 @@ def rows_by_revision(events: Sequence[Event]) -> dict[int, list[Row]]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Step:
     """One revision as the model applied it."""
 

@@ -31,10 +31,10 @@ import sqlite3
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import Compacted, FailedPrecondition, Internal, InvalidArgument
+from corral.frozen import frozen
 from corral.limits import DEFAULT_LIMITS, Limits
 from corral.model import (
     Delete,
@@ -89,7 +89,7 @@ _ROWS_WITH_IDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Applied:
     """What one applied transaction did: its revision and each write's previous state."""
 
