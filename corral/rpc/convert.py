@@ -1,5 +1,10 @@
 """Converters between protobuf messages and Corral's model/core dataclasses.
 
+Encoders fill messages in place (`..._into(out, x)`): with the upb runtime, a message built from
+keyword arguments copies each submessage passed in, and a PREPARE built that way cost 8.8 µs against
+3.0 µs filled in place (measured here). Decoders read each submessage once: every attribute access
+of a submessage builds a new wrapper.
+
 Decoding validates: a malformed or hostile message becomes `InvalidArgument` (from the model's
 constructors), never a half-built object. Errors cross the wire as `Error(code, message, details)`.
 """
@@ -53,15 +58,20 @@ from corral.rpc import corral_pb2 as pb
 # -- data -------------------------------------------------------------------------------------
 
 
+def kv_into(out: pb.KeyValue, kv: KeyValue) -> None:
+    out.key = kv.key
+    out.value = kv.value
+    out.create_revision = kv.create_revision
+    out.mod_revision = kv.mod_revision
+    out.version = kv.version
+    if kv.lease:
+        out.lease = kv.lease
+
+
 def kv_to_pb(kv: KeyValue) -> pb.KeyValue:
-    return pb.KeyValue(
-        key=kv.key,
-        value=kv.value,
-        create_revision=kv.create_revision,
-        mod_revision=kv.mod_revision,
-        version=kv.version,
-        lease=kv.lease,
-    )
+    out = pb.KeyValue()
+    kv_into(out, kv)
+    return out
 
 
 def kv_from_pb(m: pb.KeyValue) -> KeyValue:
@@ -69,9 +79,10 @@ def kv_from_pb(m: pb.KeyValue) -> KeyValue:
 
 
 def event_to_pb(event: Event, *, with_prev: bool = False) -> pb.WatchEvent:
-    out = pb.WatchEvent(type=event.kind.value, kv=kv_to_pb(event.kv))
+    out = pb.WatchEvent(type=event.kind.value)
+    kv_into(out.kv, event.kv)
     if with_prev and event.prev_kv is not None:
-        out.prev_kv.CopyFrom(kv_to_pb(event.prev_kv))
+        kv_into(out.prev_kv, event.prev_kv)
     return out
 
 
@@ -80,20 +91,36 @@ def event_from_pb(m: pb.WatchEvent) -> Event:
     return Event(EventKind(m.type), kv_from_pb(m.kv), prev)
 
 
-def write_to_pb(w: TxnWrite) -> pb.Write:
+def write_into(out: pb.Write, w: TxnWrite) -> None:
     if isinstance(w, Put):
-        return pb.Write(put=pb.PutOp(key=w.key, value=w.value, lease=w.lease))
-    if isinstance(w, Delete):
-        return pb.Write(delete=pb.DeleteOp(key=w.key))
-    if isinstance(w, PutSequential):
-        return pb.Write(put_sequential=pb.PutSequentialOp(prefix=w.prefix, value=w.value, lease=w.lease))
-    return pb.Write(delete_lease=pb.DeleteByLeaseOp(lease=w.lease))
+        put = out.put
+        put.key = w.key
+        put.value = w.value  # set even when empty: an empty submessage still says which op
+        if w.lease:
+            put.lease = w.lease
+    elif isinstance(w, Delete):
+        out.delete.key = w.key
+    elif isinstance(w, PutSequential):
+        seq = out.put_sequential
+        seq.prefix = w.prefix
+        seq.value = w.value
+        if w.lease:
+            seq.lease = w.lease
+    else:
+        out.delete_lease.lease = w.lease
+
+
+def write_to_pb(w: TxnWrite) -> pb.Write:
+    out = pb.Write()
+    write_into(out, w)
+    return out
 
 
 def write_from_pb(m: pb.Write) -> TxnWrite:
     which = m.WhichOneof("op")
     if which == "put":
-        return Put(m.put.key, m.put.value, m.put.lease)
+        put = m.put  # each access of a submessage builds a new wrapper: once
+        return Put(put.key, put.value, put.lease)
     if which == "delete":
         return Delete(m.delete.key)
     if which == "put_sequential":
@@ -111,12 +138,22 @@ def stored_write_from_pb(m: pb.Write) -> Write:
     return w
 
 
-def compare_to_pb(c: Compare) -> pb.Compare:
+def compare_into(out: pb.Compare, c: Compare) -> None:
+    out.key = c.key
+    out.target = c.target.value
+    out.op = c.op.value
     if c.target is CompareTarget.VALUE:
         assert isinstance(c.operand, bytes)
-        return pb.Compare(key=c.key, target=c.target.value, op=c.op.value, value=c.operand)
-    assert isinstance(c.operand, int)
-    return pb.Compare(key=c.key, target=c.target.value, op=c.op.value, number=c.operand)
+        out.value = c.operand
+    else:
+        assert isinstance(c.operand, int)
+        out.number = c.operand
+
+
+def compare_to_pb(c: Compare) -> pb.Compare:
+    out = pb.Compare()
+    compare_into(out, c)
+    return out
 
 
 def compare_from_pb(m: pb.Compare) -> Compare:
@@ -126,19 +163,28 @@ def compare_from_pb(m: pb.Compare) -> Compare:
     return Compare(m.key, m.target, m.op, operand)  # type: ignore[arg-type]  # validated by Compare
 
 
+def txn_into(out: pb.Txn, t: TxnSpec) -> None:
+    for c in t.compares:
+        compare_into(out.compares.add(), c)
+    for w in t.on_success:
+        write_into(out.on_success.add(), w)
+    for w in t.on_failure:
+        write_into(out.on_failure.add(), w)
+
+
 def txn_to_pb(t: TxnSpec) -> pb.Txn:
-    return pb.Txn(
-        compares=[compare_to_pb(c) for c in t.compares],
-        on_success=[write_to_pb(w) for w in t.on_success],
-        on_failure=[write_to_pb(w) for w in t.on_failure],
-    )
+    out = pb.Txn()
+    txn_into(out, t)
+    return out
 
 
 def txn_from_pb(m: pb.Txn) -> TxnSpec:
+    # Iterating an empty repeated field costs more than testing it (most transactions leave two empty).
+    compares, on_success, on_failure = m.compares, m.on_success, m.on_failure
     return TxnSpec(
-        tuple(compare_from_pb(c) for c in m.compares),
-        tuple(write_from_pb(w) for w in m.on_success),
-        tuple(write_from_pb(w) for w in m.on_failure),
+        tuple(map(compare_from_pb, compares)) if compares else (),
+        tuple(map(write_from_pb, on_success)) if on_success else (),
+        tuple(map(write_from_pb, on_failure)) if on_failure else (),
     )
 
 
@@ -171,27 +217,37 @@ def raise_if_error(m: pb.Error) -> None:
 # -- peer messages -----------------------------------------------------------------------------
 
 
-def revisions_to_pb(revisions: tuple[tuple[int, tuple[Write, ...]], ...]) -> list[pb.RevisionWrites]:
-    return [pb.RevisionWrites(revision=r, writes=[write_to_pb(w) for w in ws]) for r, ws in revisions]
-
-
 def message_to_pb(msg: Message) -> pb.PeerMessage:
     """One core message as its protobuf form (every kind of `Message` has a field in PeerMessage)."""
+    out = pb.PeerMessage()
     if isinstance(msg, Prepare):
-        return pb.PeerMessage(
-            prepare=pb.Prepare(txid=msg.txid, txn=txn_to_pb(msg.txn), participants=list(msg.participants))
-        )
+        prepare = out.prepare
+        prepare.txid = msg.txid
+        txn_into(prepare.txn, msg.txn)
+        prepare.participants.extend(msg.participants)
+        return out
     if isinstance(msg, Commit):
-        return pb.PeerMessage(commit=pb.Commit(txid=msg.txid, revision=msg.revision))
+        commit = out.commit
+        commit.txid = msg.txid
+        commit.revision = msg.revision
+        return out
     if isinstance(msg, Abort):
-        return pb.PeerMessage(abort=pb.Abort(txid=msg.txid))
+        out.abort.txid = msg.txid
+        return out
     if isinstance(msg, Vote):
-        vote = pb.Vote(txid=msg.txid, yes=msg.yes, succeeded=msg.succeeded, digest=msg.digest)
+        vote = out.vote
+        vote.txid = msg.txid
+        vote.yes = msg.yes
+        vote.succeeded = msg.succeeded
+        vote.digest = msg.digest
         if msg.reason is not None:
             vote.reason.CopyFrom(error_to_pb(msg.reason))
-        return pb.PeerMessage(vote=vote)
+        return out
     if isinstance(msg, Ack):
-        return pb.PeerMessage(ack=pb.Ack(txid=msg.txid, revision=msg.revision))
+        ack = out.ack
+        ack.txid = msg.txid
+        ack.revision = msg.revision
+        return out
     if isinstance(msg, ResolveRequest):
         return pb.PeerMessage(resolve_request=pb.ResolveRequest(txids=list(msg.txids)))
     if isinstance(msg, ResolveReply):
@@ -219,33 +275,45 @@ def message_to_pb(msg: Message) -> pb.PeerMessage:
     if isinstance(msg, SnapshotRequest):
         return pb.PeerMessage(snapshot_request=pb.SnapshotRequest(revision=msg.revision, after_key=msg.after_key))
     if isinstance(msg, SnapshotPage):
-        page = pb.SnapshotPage(
-            revision=msg.revision, after_key=msg.after_key, kvs=[kv_to_pb(kv) for kv in msg.kvs], more=msg.more
-        )
+        page = out.snapshot_page
+        page.revision = msg.revision
+        page.after_key = msg.after_key
+        for kv in msg.kvs:
+            kv_into(page.kvs.add(), kv)
+        page.more = msg.more
         if msg.error is not None:
             page.error.CopyFrom(error_to_pb(msg.error))
-        return pb.PeerMessage(snapshot_page=page)
-    reply = pb.FetchReply(
-        revisions=revisions_to_pb(msg.revisions), through_revision=msg.through_revision, complete=msg.complete
-    )
+        return out
+    reply = out.fetch_reply
+    for revision, writes in msg.revisions:
+        at = reply.revisions.add()
+        at.revision = revision
+        for w in writes:
+            write_into(at.writes.add(), w)
+    reply.through_revision = msg.through_revision
+    reply.complete = msg.complete
     if msg.error is not None:
         reply.error.CopyFrom(error_to_pb(msg.error))
-    return pb.PeerMessage(fetch_reply=reply)
+    return out
 
 
 def message_from_pb(m: pb.PeerMessage) -> Message:
     which = m.WhichOneof("msg")
     if which == "prepare":
-        return Prepare(m.prepare.txid, txn_from_pb(m.prepare.txn), tuple(m.prepare.participants))
+        p = m.prepare  # each access of a submessage builds a new wrapper: once
+        return Prepare(p.txid, txn_from_pb(p.txn), tuple(p.participants))
     if which == "commit":
-        return Commit(m.commit.txid, m.commit.revision)
+        c = m.commit
+        return Commit(c.txid, c.revision)
     if which == "abort":
         return Abort(m.abort.txid)
     if which == "vote":
-        reason = error_from_pb(m.vote.reason) if m.vote.HasField("reason") else None
-        return Vote(m.vote.txid, m.vote.yes, m.vote.succeeded, reason, m.vote.digest)
+        v = m.vote
+        reason = error_from_pb(v.reason) if v.HasField("reason") else None
+        return Vote(v.txid, v.yes, v.succeeded, reason, v.digest)
     if which == "ack":
-        return Ack(m.ack.txid, m.ack.revision)
+        a = m.ack
+        return Ack(a.txid, a.revision)
     if which == "resolve_request":
         return ResolveRequest(tuple(m.resolve_request.txids))
     if which == "resolve_reply":
@@ -284,4 +352,4 @@ def batch_to_pb(src: str, msgs: Iterable[Message]) -> pb.Batch:
 
 
 def batch_from_pb(m: pb.Batch) -> list[Message]:
-    return [message_from_pb(x) for x in m.messages]
+    return list(map(message_from_pb, m.messages))

@@ -219,8 +219,9 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         events: list[Event] = []
         default_ms = self.config.timeouts.request_timeout_ms
         for call in calls:
+            request = call.request  # each access of a submessage builds a new wrapper: once
             try:
-                txn = txn_from_pb(call.request.txn)
+                txn = txn_from_pb(request.txn)
                 txn.validate(self.config.limits)
             except CorralError as err:
                 answer(pb.TxnReturn(id=call.id, response=pb.TxnResponse(error=error_to_pb(err))))
@@ -229,14 +230,21 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
             # Answered in place: the answer is queued before the sends of the same step wake their
             # links, so the client's reply leaves ahead of the COMMITs.
             self._waiters[rid] = functools.partial(self._answered, call.id, answer)
-            client_id = call.request.client_id or f"anonymous-{self.core.epoch}-{rid}"
+            client_id = request.client_id or f"anonymous-{self.core.epoch}-{rid}"
             deadline_ms = now_ms() + int(call_timeout_s(call.timeout_ms, default_ms) * 1000)
-            events.append(ClientTxn(rid, client_id, call.request.seq, txn, deadline_ms))
+            events.append(ClientTxn(rid, client_id, request.seq, txn, deadline_ms))
         if events:
             self._step(events)
 
     def _answered(self, call_id: int, answer: Callable[[pb.TxnReturn], None], result: Result) -> None:
-        answer(pb.TxnReturn(id=call_id, response=self._txn_response(result)))
+        out = pb.TxnReturn(id=call_id)
+        if isinstance(result, TxnResult):  # filled in place: a response passed in would be copied
+            response = out.response
+            response.revision = result.revision
+            response.succeeded = result.succeeded
+        else:
+            out.response.CopyFrom(self._txn_response(result))
+        answer(out)
 
     def _await_answer(self, rid: int) -> asyncio.Future[Result]:
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
