@@ -95,7 +95,7 @@ def write_into(out: pb.Write, w: TxnWrite) -> None:
     if isinstance(w, Put):
         put = out.put
         put.key = w.key
-        put.value = w.value  # set even when empty: an empty submessage still says which op
+        put.value = w.value
         if w.lease:
             put.lease = w.lease
     elif isinstance(w, Delete):

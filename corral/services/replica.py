@@ -42,7 +42,7 @@ from corral.model import validate_key, validate_prefix, validate_revision
 from corral.records import AbortedRecord, CommittedRecord, PreparedRecord, Record
 from corral.rpc import corral_pb2 as pb
 from corral.rpc import corral_pb2_grpc as pb_grpc
-from corral.rpc.convert import batch_from_pb, error_to_pb, event_to_pb, kv_to_pb
+from corral.rpc.convert import batch_from_pb, error_to_pb, event_to_pb, kv_into
 from corral.services.base import (
     Context,
     PeerEndpoint,
@@ -345,7 +345,10 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             kv = store.get(request.key, revision=revision)
             kvs, more = ([kv] if kv else []), False
         self.reads_served += 1
-        return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in kvs], revision=revision or store.revision, more=more)
+        response = pb.RangeResponse(revision=revision or store.revision, more=more)
+        for kv in kvs:
+            kv_into(response.kvs.add(), kv)  # in place: a KeyValue passed in would be copied
+        return response
 
     async def _wait_for_lease(self, timeout_s: float) -> None:
         """A member between two grants (or just started) gets a moment to renew; otherwise fail fast,
