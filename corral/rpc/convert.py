@@ -91,21 +91,21 @@ def event_from_pb(m: pb.WatchEvent) -> Event:
     return Event(EventKind(m.type), kv_from_pb(m.kv), prev)
 
 
+def _value_into(out: pb.PutOp | pb.PutSequentialOp, w: Put | PutSequential) -> None:
+    out.value = w.value
+    if w.lease:
+        out.lease = w.lease
+
+
 def write_into(out: pb.Write, w: TxnWrite) -> None:
     if isinstance(w, Put):
-        put = out.put
-        put.key = w.key
-        put.value = w.value
-        if w.lease:
-            put.lease = w.lease
+        out.put.key = w.key
+        _value_into(out.put, w)
     elif isinstance(w, Delete):
         out.delete.key = w.key
     elif isinstance(w, PutSequential):
-        seq = out.put_sequential
-        seq.prefix = w.prefix
-        seq.value = w.value
-        if w.lease:
-            seq.lease = w.lease
+        out.put_sequential.prefix = w.prefix
+        _value_into(out.put_sequential, w)
     else:
         out.delete_lease.lease = w.lease
 
