@@ -99,15 +99,15 @@ class Releaser:
     """Carries out effect groups in the order the core produced them, each once its records are durable.
 
     A group that persisted nothing still waits for the groups before it: a PREPARE must not overtake
-    the COMMIT the core emitted earlier on the same link. Many groups usually share one fsync.
+    the COMMIT the core emitted earlier on the same link. Many groups usually share one fsync. The
+    groups an fsync makes durable are carried out as it ends, in the same loop iteration (WalSync).
     """
 
     def __init__(self, node: str, wal: WalSync) -> None:
         self.node = node
         self.wal = wal
         self._queue: deque[tuple[int, Callable[[], None]]] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._hurried = 0  # the newest ticket queued that may not wait for a lazy fsync
+        wal.subscribe(self._drain, self._disk_failed)
 
     def release(self, ticket: int, action: Callable[[], None], *, lazy: bool = False) -> None:
         """Run `action` once commit `ticket` (0: none) is durable and every earlier group has run.
@@ -115,29 +115,25 @@ class Releaser:
         if not self._queue and ticket <= self.wal.durable:
             action()
             return
-        if not lazy and ticket:
-            self._hurried = ticket
-            self.wal.hurry()  # a lazy group ahead may already be waiting: this one cannot
         self._queue.append((ticket, action))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"release-{self.node}")
+        if ticket:
+            self.wal.request(ticket, lazy=lazy)
 
     @property
     def waiting(self) -> int:
         return len(self._queue)
 
-    async def _run(self) -> None:
-        while self._queue:
-            ticket, action = self._queue[0]
-            try:
-                await self.wal.wait_durable(ticket, lazy=self._hurried < ticket)
-            except OSError as err:
-                fail_stop(self.node, err)
-            self._queue.popleft()
+    def _drain(self) -> None:
+        queue, durable = self._queue, self.wal.durable
+        while queue and queue[0][0] <= durable:
+            _, action = queue.popleft()
             try:
                 action()
-            except Internal as err:
+            except Exception as err:  # an action that failed leaves its peers and clients unanswered
                 fail_stop(self.node, err)
+
+    def _disk_failed(self, err: OSError) -> None:
+        fail_stop(self.node, err)
 
 
 _Call = TypeVar("_Call")
@@ -204,14 +200,31 @@ class PeerEndpoint:
     batches_received = 0
     messages_received = 0
 
-    async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+    def _step_batch(self, batch: pb.Batch, on_ready: Callable[[], None] | None = None) -> asyncio.Future[list[Message]]:
+        """Step a batch from a peer now; return the future of its answer (`on_ready()` runs as soon
+        as it is set)."""
         raise NotImplementedError
+
+    async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        """`_step_batch`, after whatever a failpoint at the batch's arrival does (it may wait)."""
+        return self._step_batch(batch)
 
     async def counted(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
         """Step a batch from a peer (see `_inbound`), counted for Status."""
+        self._count(batch)
+        return await self._inbound(batch)
+
+    def step_now(self, batch: pb.Batch, on_ready: Callable[[], None]) -> asyncio.Future[list[Message]] | None:
+        """`counted` without a task switch, for the peer wire: step the batch in the caller's loop
+        iteration. None while a failpoint is armed (one may delay or refuse the batch): use `counted`."""
+        if self.faults.any_armed:
+            return None
+        self._count(batch)
+        return self._step_batch(batch, on_ready)
+
+    def _count(self, batch: pb.Batch) -> None:
         self.batches_received += 1
         self.messages_received += len(batch.messages)
-        return await self._inbound(batch)
 
     async def Step(self, request: pb.Batch, context: Context) -> pb.Batch:
         try:

@@ -106,20 +106,26 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
         await self.ticker.stop()
         await self.links.close()
         self.decisions.close()
+        self.wal.close()
 
     # -- the loop body -------------------------------------------------------------------------
 
-    def _step(self, events: list[Event], capture: str | None = None) -> asyncio.Future[list[Message]]:
+    def _step(
+        self, events: list[Event], capture: str | None = None, on_ready: Callable[[], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
         try:
             effects = [self.core.step_many(events, now_ms())]
         except Internal as err:
             fail_stop(self.node.name, err)
             raise
-        return self._perform(effects, capture)
+        return self._perform(effects, capture, on_ready)
 
-    def _perform(self, effects: list[Effects], capture: str | None = None) -> asyncio.Future[list[Message]]:
+    def _perform(
+        self, effects: list[Effects], capture: str | None = None, on_ready: Callable[[], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
         """Commit the records now; send and answer once they are durable. Messages for `capture` are
-        the answer to the batch being served: they resolve the returned future instead of being sent."""
+        the answer to the batch being served: they resolve the returned future instead of being sent
+        (and `on_ready()` runs right after)."""
         forced = [r for e in effects for r in e.persist]
         lazy = [r for e in effects for r in e.persist_lazy]
         self.decisions.write(forced, lazy)
@@ -150,6 +156,8 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
                     else:
                         self.links.send(env.dst, env.msg)
             answer.set_result(captured)
+            if on_ready is not None:
+                on_ready()
 
         self.releaser.release(ticket, act)
         return answer
@@ -341,8 +349,8 @@ class CoordinatorService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServi
 
     # -- Peer service ---------------------------------------------------------------------------
 
-    async def _inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
-        return self._step([Received(batch.src, m) for m in batch_from_pb(batch)], capture=batch.src)
+    def _step_batch(self, batch: pb.Batch, on_ready: Callable[[], None] | None = None) -> asyncio.Future[list[Message]]:
+        return self._step([Received(batch.src, m) for m in batch_from_pb(batch)], batch.src, on_ready)
 
     # -- Admin service ---------------------------------------------------------------------------
 

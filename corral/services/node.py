@@ -67,7 +67,7 @@ async def serve(config: ClusterConfig, node: NodeConfig, faults: Failpoints) -> 
     if isinstance(service, CoordinatorService):
         txns = DirectStream(pb.TxnCalls, service.txns_direct, lambda returns: pb.TxnReturns(returns=returns))
     streams = {TXNS_GREETING: txns, RANGES_GREETING: (pb.RangeCalls, service.Ranges)}
-    peers = await listen(node.host, node.peer_port, service.counted, node.name, streams)
+    peers = await listen(node.host, node.peer_port, service.counted, node.name, streams, step_now=service.step_now)
     await service.start()
     await server.start()
     log.info(

@@ -120,14 +120,20 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
         await self.ticker.stop()
         await self.links.close()
         self.storage.close()
+        self.wal.close()
 
     # -- the loop body -------------------------------------------------------------------------
 
     def _process(
-        self, src: str | None, events: list[Event], capture: str | None = None
+        self,
+        src: str | None,
+        events: list[Event],
+        capture: str | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> asyncio.Future[list[Message]]:
         """Step every event inside one storage batch; once it is durable, send. The returned future
-        resolves to the messages addressed to `capture` (the answer to the batch being served)."""
+        resolves to the messages addressed to `capture` (the answer to the batch being served), and
+        `on_ready()` runs right after."""
         sends: list[Envelope] = []
         records: list[Record] = []
         wake = None
@@ -193,6 +199,8 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
                 else:
                     self.links.send(env.dst, env.msg)
             answer.set_result(captured)
+            if on_ready is not None:
+                on_ready()
 
         # Applied outcomes and their acks only: the ack may wait for the next fsync (WalSync).
         self.releaser.release(ticket, act, lazy=not urgent)
@@ -212,8 +220,11 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             raise Unavailable(f"failpoint replica.recv: {action.kind}")
         if action is not None and action.kind == "delay":
             await asyncio.sleep(action.arg_ms / 1000)
+        return self._step_batch(batch)
+
+    def _step_batch(self, batch: pb.Batch, on_ready: Callable[[], None] | None = None) -> asyncio.Future[list[Message]]:
         msgs = batch_from_pb(batch)
-        return self._process(batch.src, [Received(batch.src, m) for m in msgs], capture=batch.src)
+        return self._process(batch.src, [Received(batch.src, m) for m in msgs], batch.src, on_ready)
 
     # -- Client service (reads) ------------------------------------------------------------------
 

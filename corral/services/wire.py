@@ -49,6 +49,9 @@ PENDING_BATCHES_MAX = 64
 
 # Steps a batch at once (after any awaits of its own) and returns the future of its answer.
 Inbound = Callable[[pb.Batch], Awaitable[asyncio.Future[list[Message]]]]
+# Steps a batch in the caller's loop iteration and returns the future of its answer, calling back as
+# soon as it is set; or None: this batch must take the `Inbound` path.
+StepNow = Callable[[pb.Batch, Callable[[], None]], "asyncio.Future[list[Message]] | None"]
 # A call stream's handler, as for gRPC: the messages read, the messages to send (no context).
 StreamHandler = Callable[[AsyncIterator[Any], Any], AsyncIterator[Any]]
 
@@ -144,9 +147,12 @@ class _Accepted(Framed):
     """One dialer's connection. A peer: step each batch in arrival order, answer each in order once
     ready. A call stream: feed its messages to the stream's handler, send what the handler yields."""
 
-    def __init__(self, inbound: Inbound, me: str, streams: Streams) -> None:
+    def __init__(self, inbound: Inbound, me: str, streams: Streams, step_now: StepNow | None) -> None:
         super().__init__(pb.Batch.FromString, greetings=(MAGIC, *streams))
         self._inbound = inbound
+        self._step_now = step_now
+        self._peer = False  # greeted as a peer
+        self._stepping = False  # the pump awaits `_inbound` for a batch: later ones queue behind it
         self._me = me
         self._streams = streams
         self._pending: asyncio.Queue[Any] = asyncio.Queue()
@@ -166,6 +172,7 @@ class _Accepted(Framed):
     def on_greeting(self, greeting: bytes) -> None:
         loop = asyncio.get_running_loop()
         if greeting == MAGIC:
+            self._peer = True
             self._pump = loop.create_task(self._answer_peer(), name="peer-answer")
             return
         spec = self._streams[greeting]
@@ -187,10 +194,26 @@ class _Accepted(Framed):
                 log.exception("node=%s a call stream failed", self._me)
                 self.fail(WireError(f"the stream failed: {type(err).__name__}"))
             return
+        if self._peer and self._step_now is not None and self._idle():
+            # Stepped in this loop iteration, answered as soon as ready: no task switch either side.
+            try:
+                answer = self._step_now(message, self._answered)
+            except CorralError as err:
+                self.fail(err)
+                return
+            if answer is not None:
+                self._answers.append(answer)
+                if answer.done():  # ready at once (nothing to make durable): its callback came early
+                    self._answered()
+                return
         self._pending.put_nowait(message)
         if not self._backlog and self._pending.qsize() >= PENDING_BATCHES_MAX:
             self._backlog = True
             self._read_or_not()
+
+    def _idle(self) -> bool:
+        """Nothing read earlier waits to be stepped, and answers are being read."""
+        return not self._stepping and not self._blocked and self._pending.empty()
 
     async def _next(self) -> Any:
         if self._blocked:  # take no more work while the answers already made wait to be sent
@@ -225,6 +248,7 @@ class _Accepted(Framed):
     async def _answer_peer(self) -> None:
         while True:
             batch = await self._next()
+            self._stepping = True
             try:
                 answer = await self._inbound(batch)
             except CorralError as err:
@@ -232,10 +256,12 @@ class _Accepted(Framed):
                 # lost connection and reports what it had in flight as unreachable.
                 self.fail(err)
                 return
+            finally:
+                self._stepping = False
             self._answers.append(answer)
             answer.add_done_callback(self._answered)
 
-    def _answered(self, _: asyncio.Future[list[Message]]) -> None:
+    def _answered(self, _: object = None) -> None:
         # Every answer ready now leaves in one write: one wake-up of the dialer, not one per answer
         # (a replica's deferred COMMIT acks come due with the next PREPARE's votes).
         frames = []
@@ -295,12 +321,17 @@ async def listen(
     inbound: Inbound,
     me: str,
     streams: Streams | None = None,
+    *,
+    step_now: StepNow | None = None,
 ) -> asyncio.Server:
-    """Serve the wire on host:port: peers (`inbound` steps a batch and returns its answer's future),
-    and the call streams in `streams` (greeting -> the request message type and its handler)."""
+    """Serve the wire on host:port: peers (`inbound` steps a batch and returns its answer's future;
+    `step_now`, when given, does it without a task switch whenever it can), and the call streams in
+    `streams` (greeting -> the request message type and its handler)."""
     loop = asyncio.get_running_loop()
     streams = dict(streams or {})
     try:
-        return await loop.create_server(lambda: _Accepted(inbound, me, streams), host, port, reuse_address=True)
+        return await loop.create_server(
+            lambda: _Accepted(inbound, me, streams, step_now), host, port, reuse_address=True
+        )
     except OSError as err:
         raise FailedPrecondition(f"cannot listen for peers on {host}:{port}: {err.strerror}") from err

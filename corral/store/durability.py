@@ -2,10 +2,16 @@
 
 SQLite in WAL mode with `synchronous=NORMAL` writes a transaction's frames to the `-wal` file at
 COMMIT but does not fsync them; `synchronous=FULL` fsyncs at every COMMIT, on the caller's thread.
-Here the service commits with NORMAL (microseconds, on the event loop), notes the commit, and awaits
-`wait_durable(ticket)`: a single background fsync of the WAL file, run on a worker thread, makes every
-commit noted before it started durable. While one fsync runs, later commits queue for the next one.
+Here the service commits with NORMAL (microseconds, on the event loop), notes the commit, and asks
+for it to be made durable (`request`, or `wait_durable`): one fsync of the WAL file, run at the start
+of the next loop iteration, makes every commit noted before it durable, so the commits of every
+message read in one iteration share it. While one fsync runs, later commits queue for the next one.
 That is FULL's guarantee (nothing is acknowledged before it is on disk) at a fraction of the fsyncs.
+
+What waits for an fsync is called back in the same iteration, as soon as it ends (`subscribe`): the
+releaser's sends and answers leave without a task switch. At one client, the task that ran the fsync
+and the one woken after it cost the put path about two loop iterations on each node; the WAL file
+is also kept open (SQLite only removes it when the database closes), not opened for each fsync.
 
 Where the fsync runs adapts to the disk: while fsyncs are fast (a moving average under
 INLINE_FSYNC_MAX_MS) it runs on the event loop itself, because handing it to a thread and back costs
@@ -28,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Run the fsync on the event loop while it averages under this; above, on a worker thread.
 INLINE_FSYNC_MAX_MS = 2.0
-# The longest a lazy waiter waits for another waiter's fsync before one is run for it.
+# The longest a lazy request waits for another request's fsync before one is run for it.
 LAZY_FSYNC_DELAY_S = 0.005
 # Weight of the newest fsync in the moving average of fsync times.
 _FSYNC_EWMA_WEIGHT = 0.2
@@ -45,9 +52,14 @@ class WalSync:
         self.wal_path = Path(f"{db_path}-wal")
         self._noted = 0  # ticket of the newest commit
         self._durable = 0  # every ticket up to this one is on disk
+        self._wanted = 0  # the newest ticket an fsync has been asked for
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._later: asyncio.TimerHandle | None = None
+        self._subscribers: list[tuple[Callable[[], None], Callable[[OSError], None]]] = []
+        self._soon: asyncio.Handle | None = None  # an fsync due at the start of the next iteration
+        self._thread: asyncio.Task[None] | None = None  # an fsync running on a worker thread
+        self._later: asyncio.TimerHandle | None = None  # a lazy request's deadline
+        self._fd: int | None = None
+        self._failure: OSError | None = None
         self.fsyncs = 0  # for metrics and tests
         self.fsync_ms_avg = 0.0
 
@@ -60,61 +72,107 @@ class WalSync:
     def durable(self) -> int:
         return self._durable
 
+    def subscribe(self, on_durable: Callable[[], None], on_failure: Callable[[OSError], None]) -> None:
+        """Call `on_durable()` as each fsync ends (`durable` then says how far), in the same loop
+        iteration; `on_failure(err)` if one fails (nothing more can be promised durable)."""
+        self._subscribers.append((on_durable, on_failure))
+
+    def request(self, ticket: int, *, lazy: bool = False) -> None:
+        """Have commit `ticket` (and every earlier one) made durable: by an fsync at the start of the
+        next loop iteration, or, `lazy`, by another request's within LAZY_FSYNC_DELAY_S (or its own)."""
+        if ticket <= self._durable:
+            return
+        self._wanted = max(self._wanted, ticket)
+        if not lazy:
+            self.hurry()
+        elif self._later is None and self._soon is None and self._thread is None:
+            self._later = asyncio.get_running_loop().call_later(LAZY_FSYNC_DELAY_S, self.hurry)
+
     async def wait_durable(self, ticket: int, *, lazy: bool = False) -> None:
-        """Return once the commit with this ticket (and every earlier one) is on disk. `lazy`: no
-        hurry, another waiter's fsync may cover it (at most LAZY_FSYNC_DELAY_S later)."""
+        """Return once the commit with this ticket (and every earlier one) is on disk (`request`)."""
+        if self._failure is not None:
+            raise self._failure
         if ticket <= self._durable:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((ticket, fut))
-        if not lazy:
-            self.hurry()
-        elif self._later is None:
-            self._later = asyncio.get_running_loop().call_later(LAZY_FSYNC_DELAY_S, self.hurry)
+        self.request(ticket, lazy=lazy)
         await fut
 
     def hurry(self) -> None:
-        """Start an fsync for the waiters now (a no-op while one runs: it loops while any wait)."""
+        """Start an fsync for what was asked, at the start of the next loop iteration (a no-op while
+        one is due or running: what is asked meanwhile gets the next)."""
         if self._later is not None:
             self._later.cancel()
             self._later = None
-        if self._waiters and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-fsync")
+        if self._failure is not None:  # a later fsync may "succeed" with the data lost: never again
+            return
+        if self._wanted > self._durable and self._soon is None and self._thread is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._sync)
+
+    def close(self) -> None:
+        """Stop syncing and close the WAL file (before or after its database closes)."""
+        for handle in (self._soon, self._later, self._thread):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._later = self._thread = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _fsync(self) -> None:
-        fd = os.open(self.wal_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self._fd is None:
+            self._fd = os.open(self.wal_path, os.O_RDONLY)
+        os.fsync(self._fd)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._waiters:
-            target = self._noted
-            try:
-                started = time.perf_counter()
-                if self.fsync_ms_avg <= INLINE_FSYNC_MAX_MS:
-                    self._fsync()
-                else:
-                    await loop.run_in_executor(None, self._fsync)
-                took_ms = (time.perf_counter() - started) * 1000
-                self.fsync_ms_avg += _FSYNC_EWMA_WEIGHT * (took_ms - self.fsync_ms_avg)
-            except OSError as err:
-                # The disk failed us: nothing more can be promised durable. Fail every waiter; the
-                # service treats this as fatal (fail-stop) rather than acknowledge on a broken disk.
-                waiters, self._waiters = self._waiters, []
-                for _, fut in waiters:
-                    if not fut.done():
-                        fut.set_exception(err)
-                return
-            self.fsyncs += 1
-            self._durable = max(self._durable, target)
+    def _sync(self) -> None:
+        self._soon = None
+        target = self._noted
+        started = time.perf_counter()
+        if self.fsync_ms_avg > INLINE_FSYNC_MAX_MS:
+            self._thread = asyncio.get_running_loop().create_task(self._sync_on_thread(target, started))
+            return
+        try:
+            self._fsync()
+        except OSError as err:
+            self._failed(err)
+            return
+        self._synced(target, started)
+
+    async def _sync_on_thread(self, target: int, started: float) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._fsync)
+        except OSError as err:
+            self._thread = None
+            self._failed(err)
+            return
+        self._thread = None
+        self._synced(target, started)
+        self.hurry()  # what was asked while the thread synced (a lazy request too: the disk is slow)
+
+    def _synced(self, target: int, started: float) -> None:
+        took_ms = (time.perf_counter() - started) * 1000
+        self.fsync_ms_avg += _FSYNC_EWMA_WEIGHT * (took_ms - self.fsync_ms_avg)
+        self.fsyncs += 1
+        self._durable = max(self._durable, target)
+        if self._waiters:
             still = []
             for ticket, fut in self._waiters:
-                if ticket <= self._durable:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
+                if ticket > self._durable:
                     still.append((ticket, fut))
+                elif not fut.done():
+                    fut.set_result(None)
             self._waiters = still
+        for on_durable, _ in self._subscribers:
+            on_durable()
+
+    def _failed(self, err: OSError) -> None:
+        # The disk failed us: nothing more can be promised durable. Fail every waiter; the services
+        # treat this as fatal (fail-stop) rather than acknowledge on a broken disk.
+        self._failure = err
+        waiters, self._waiters = self._waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(err)
+        for _, on_failure in self._subscribers:
+            on_failure(err)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from corral.errors import FailedPrecondition, LeaseExpired
 from corral.recipes import BlockingLock, Lock, WaitTimeout
 from tests.integration.harness import LocalCluster, wait_until
 from tests.recipes.conftest import ClientProcesses, append_record, read_records
+from tests.waiting import until
 
 SCENARIO_TIMEOUT_S = 60.0
 
@@ -135,13 +135,6 @@ def test_no_herd_one_release_wakes_exactly_one_waiter(shared_cluster: LocalClust
             await c.close()
 
     run(scenario())
-
-
-async def until(check: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)  # polling a condition with a deadline
 
 
 def test_blocking_lock(shared_cluster: LocalCluster) -> None:

@@ -11,7 +11,8 @@ from corral.client import connect_async
 from corral.recipes import BlockingSemaphore, ReadWriteLock, Semaphore
 from tests.integration.harness import LocalCluster
 from tests.recipes.conftest import ClientProcesses, read_records
-from tests.recipes.test_lock import run, until
+from tests.recipes.test_lock import run
+from tests.waiting import until
 
 
 def test_a_waiting_writer_is_not_starved_by_later_readers(shared_cluster: LocalCluster) -> None:

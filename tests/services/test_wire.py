@@ -19,6 +19,7 @@ from corral.rpc.bundles import BUNDLE_ITEMS_MAX
 from corral.rpc.convert import batch_from_pb, batch_to_pb
 from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
 from corral.services.wire import FRAME_BYTES_MAX, MAGIC, DirectStream, batch_frame, dial, listen, message_bytes
+from tests.waiting import until
 
 TIMEOUT_S = 10
 
@@ -97,6 +98,80 @@ def test_answers_come_back_in_order_even_when_ready_out_of_order() -> None:
         return replies
 
     assert asyncio.run(main()) == [1, 2, 3]
+
+
+class _StepNowEcho(_Echo):
+    """An `_Echo` that also steps batches in the reading loop iteration (`listen(step_now=...)`),
+    except those in `via_inbound`; a delay of None answers at once, inside `step_now`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.via_inbound: set[int] = set()
+        self.stepped_now: list[int] = []
+        self.arrived: list[int] = []  # batches the async way has begun with (it then waits a while)
+
+    async def inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
+        self.arrived.append(_txid(batch_from_pb(batch)[0]))
+        await asyncio.sleep(0.1)  # as a delay failpoint does
+        return await super().inbound(batch)
+
+    def step_now(self, batch: pb.Batch, on_ready: Callable[[], None]) -> asyncio.Future[list[Message]] | None:
+        txid = _txid(batch_from_pb(batch)[0])
+        if txid in self.via_inbound:
+            return None
+        self.seen.append(txid)
+        self.stepped_now.append(txid)
+        answer: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+
+        def ready() -> None:
+            answer.set_result([Ack(txid, txid)])
+            on_ready()
+
+        delay = self.delays.get(txid)
+        if delay is None:
+            ready()
+        else:
+            asyncio.get_running_loop().call_later(delay, ready)
+        return answer
+
+
+def test_batches_stepped_without_a_task_switch_are_answered_in_order_with_the_others() -> None:
+    async def main() -> tuple[list[int], _StepNowEcho]:
+        echo = _StepNowEcho()
+        # 1 and 5 answer inside step_now; 2 goes the async way, which takes a while, so 3 (read
+        # meanwhile) must queue behind it; 4 and 6 are stepped at once and answered out of order.
+        echo.via_inbound = {2}
+        echo.delays = {2: 0.2, 3: 0.0, 4: 0.15, 6: 0.05}
+        server = await listen("127.0.0.1", 0, echo.inbound, "listener", step_now=echo.step_now)
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        replies: list[int] = []
+        done = asyncio.Event()
+
+        def on_reply(batch: pb.Batch) -> None:
+            replies.extend(_txids(batch_from_pb(batch)))
+            if len(replies) == 6:
+                done.set()
+
+        conn = await dial(address, on_reply, lambda: None, TIMEOUT_S)
+        conn.send(batch_frame("dialer", [message_bytes(Commit(1, 1))]))
+        await asyncio.wait_for(until(lambda: replies == [1]), TIMEOUT_S)  # answered at once, alone
+        conn.send(batch_frame("dialer", [message_bytes(Commit(2, 2))]))
+        await asyncio.wait_for(until(lambda: echo.arrived == [2]), TIMEOUT_S)
+        conn.send(batch_frame("dialer", [message_bytes(Commit(3, 3))]))
+        await asyncio.wait_for(until(lambda: echo.seen == [1, 2, 3]), TIMEOUT_S)
+        for txid in (4, 5, 6):
+            conn.send(batch_frame("dialer", [message_bytes(Commit(txid, txid))]))
+        await asyncio.wait_for(done.wait(), TIMEOUT_S)
+        assert conn.transport is not None
+        conn.transport.abort()
+        server.close()
+        return replies, echo
+
+    replies, echo = asyncio.run(main())
+    assert replies == [1, 2, 3, 4, 5, 6]
+    assert echo.seen == [1, 2, 3, 4, 5, 6]
+    assert 3 not in echo.stepped_now, "a batch read while an earlier one was being stepped overtook it"
+    assert {1, 4, 5, 6} <= set(echo.stepped_now)
 
 
 async def _raw(address: str, data: bytes) -> bytes:
