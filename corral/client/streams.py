@@ -92,7 +92,8 @@ class CallStream(Generic[_Req, _Resp]):
         self._outbox: asyncio.Queue[_CallMsg | None] = asyncio.Queue()
         self._session: asyncio.Task[None] | None = None
         # A stream that can write synchronously (the wire) gets the calls of a loop iteration written
-        # by one callback at its end, instead of by the writer task one iteration later.
+        # by one callback at its end, instead of by the writer task one iteration later; a call made
+        # while no other waits for an answer is written at once (there is nothing to share it with).
         self._direct: _DirectStream | None = None
         self._soon: list[_CallMsg] = []
 
@@ -110,9 +111,12 @@ class CallStream(Generic[_Req, _Resp]):
         self._futures[call_id] = fut
         call = self._wrap(call_id, request, max(1, int(timeout_s * 1000)))
         if self._direct is not None and self._outbox.empty():
-            if not self._soon:
-                loop.call_soon(self._write_soon)
-            self._soon.append(call)
+            if not self._soon and len(self._futures) == 1:
+                self._write_now([call])
+            else:
+                if not self._soon:
+                    loop.call_soon(self._write_soon)
+                self._soon.append(call)
         else:
             self._outbox.put_nowait(call)
         # A timer that fails the future, not wait_for (which wraps every call in more futures and
@@ -131,6 +135,9 @@ class CallStream(Generic[_Req, _Resp]):
 
     def _write_soon(self) -> None:
         calls, self._soon = self._soon, []
+        self._write_now(calls)
+
+    def _write_now(self, calls: list[_CallMsg]) -> None:
         live = [call for call in calls if call.id in self._futures]
         stream = self._direct
         for bundle in split(live):
