@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,14 @@ def test_put_path_traces_puts_and_prints_its_phases() -> None:
     for phase in ("slowest voter: fsync", "coordinator: fsync of the decision", "request written -> answer read"):
         assert phase in out.stdout, out.stdout
     assert "CPU per put" in out.stdout, out.stdout
+
+
+def test_ab_latency_drives_two_checkouts_in_turn_and_prints_their_ratio() -> None:
+    """The paired A/B benchmark, this checkout against itself: both clusters start, both clients take
+    their turns, and every round is reported with its ratio."""
+    argv = ["benchmarks/ab_latency.py", str(ROOT), "--duration", "0.5", "--rounds", "2"]
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    rounds = [m.group(1) for m in re.finditer(r"^│\s*(\d+) │", out.stdout, re.MULTILINE)]
+    assert rounds == ["1", "2"], out.stdout
+    assert "B/A p50: median over rounds" in out.stdout, out.stdout

@@ -1,0 +1,198 @@
+"""Paired A/B latency at one client: two checkouts of Corral, side by side, one operation at a time.
+
+On a shared 2-core machine, runs made minutes apart differ by ±20% (other tenants, CPU frequency),
+more than most changes are worth; two clusters loaded at once compete for the cores instead, which is
+not the one-client case. Here both clusters are up, each driven by a client process of its own
+checkout, and this process alternates them one operation at a time (A then B, then B then A): only
+one cluster works at any instant, and both see the same machine within milliseconds of each other.
+It prints each side's p50 and p99 per round and the B/A ratios. Run it with the baseline against
+itself first: that shows the method's own noise (a few percent).
+
+Run: `python benchmarks/ab_latency.py BASELINE [CANDIDATE]`, each a checkout (a directory holding
+`corral/`; CANDIDATE defaults to this one), for example after `git worktree add /tmp/base main`.
+Options: --op put|get, --duration (seconds per round), --rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALUE = b"v" * 256
+KEYS = 1000
+WARMUP_OPS = 200
+
+Rounds = list[tuple[list[float], list[float]]]  # per round: A's latencies, B's (seconds)
+
+
+# -- a client process (runs the checkout's own client) ----------------------------------------------
+
+
+async def _client(endpoints: dict[str, Any], op: str) -> None:
+    """Do one operation per b"o" read on stdin, answering b"d"; on b"q" print the latencies as JSON."""
+    from corral.client.aio import AsyncClient, Endpoints
+
+    wires = tuple(tuple(w) for w in endpoints["wires"])
+    client = AsyncClient(Endpoints(endpoints["coordinator"], tuple(endpoints["replicas"]), (), wires=wires), timeout=30)
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    out = sys.stdout.buffer
+    for i in range(WARMUP_OPS):  # connects, and the keys exist before they are read
+        await client.put(f"ab/{i % KEYS}", VALUE)
+    latencies: list[float] = []
+    out.write(b"r")
+    out.flush()
+    n = 0
+    while (await commands.readexactly(1)) == b"o":
+        key = f"ab/{n % KEYS}"
+        started = time.perf_counter()
+        if op == "put":
+            await client.put(key, VALUE)
+        else:
+            await client.get(key)
+        latencies.append(time.perf_counter() - started)
+        n += 1
+        out.write(b"d")
+        out.flush()
+    await client.close()
+    out.write(b"\n" + json.dumps(latencies).encode() + b"\n")
+    out.flush()
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _tree_env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+
+
+def _launcher(tree: Path) -> Any:
+    """Start a node of `tree`'s Corral (as `corral cluster up` does, from that checkout)."""
+
+    def launch(config: Any, name: str) -> subprocess.Popen[bytes]:
+        logs = config.directory / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "corral", "node", "--config", str(config.path), "--name", name],
+                cwd=tree,
+                env=_tree_env(tree),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    return launch
+
+
+def _expect(stream: IO[bytes], want: bytes, who: str) -> None:
+    got = stream.read(1)
+    if got != want:
+        raise SystemExit(f"the {who} client stopped (read {got!r}); see its cluster's logs")
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--client"]:  # a client process: --client ENDPOINTS OP
+        asyncio.run(_client(json.loads(sys.argv[2]), sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("baseline", type=Path, help="checkout A (a directory holding corral/)")
+    parser.add_argument("candidate", type=Path, nargs="?", default=ROOT, help="checkout B (default: this one)")
+    parser.add_argument("--op", choices=("put", "get"), default="put")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per round (default 15)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    trees = [args.baseline.resolve(), args.candidate.resolve()]
+    for tree in trees:
+        if not (tree / "corral" / "__init__.py").is_file():
+            raise SystemExit(f"{tree} is not a Corral checkout (no corral/__init__.py)")
+
+    sys.path.insert(0, str(ROOT))  # here, not above: a client process imports its own checkout's corral
+    from benchmarks import kv_bench
+
+    console = Console(width=120)
+    procs: list[subprocess.Popen[bytes]] = []
+    clients: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="corral-ab-") as tmp:
+        try:
+            for side, tree in zip("AB", trees, strict=True):
+                endpoints, nodes = kv_bench.start_corral(Path(tmp) / side, launch=_launcher(tree))
+                procs += nodes
+                clients.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--client", json.dumps(endpoints), args.op],
+                        cwd=tree,
+                        env=_tree_env(tree),
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                    )
+                )
+            for side, client in zip("AB", clients, strict=True):
+                _expect(client.stdout, b"r", side)  # type: ignore[arg-type]
+            rounds = _run(clients, args.rounds, args.duration)
+        finally:
+            for client in clients:
+                if client.poll() is None:
+                    client.kill()
+            kv_bench.stop(procs)
+    _report(rounds, args, trees, console)
+
+
+def _run(clients: list[subprocess.Popen[bytes]], rounds: int, duration_s: float) -> Rounds:
+    """Alternate the two clients one operation at a time; the latencies of each round, per side."""
+    marks: list[int] = []  # operations done by each side when each round ended
+    n = 0
+    for _ in range(rounds):
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            for side in (0, 1) if n % 2 == 0 else (1, 0):
+                client = clients[side]
+                client.stdin.write(b"o")  # type: ignore[union-attr]
+                client.stdin.flush()  # type: ignore[union-attr]
+                _expect(client.stdout, b"d", "AB"[side])  # type: ignore[arg-type]
+            n += 1
+        marks.append(n)
+    latencies = []
+    for client in clients:
+        out, _ = client.communicate(b"q", timeout=60)
+        latencies.append(json.loads(out.rsplit(b"\n", 2)[-2]))
+    bounds = list(zip([0, *marks[:-1]], marks, strict=True))
+    return [(latencies[0][a:b], latencies[1][a:b]) for a, b in bounds]
+
+
+def _report(rounds: Rounds, args: argparse.Namespace, trees: list[Path], console: Console) -> None:
+    table = Table(title=f"Paired {args.op}s at one client: A = {trees[0]}, B = {trees[1]}")
+    for column in ("round", f"{args.op}s each", "A p50 ms", "B p50 ms", "B/A p50", "A p99 ms", "B p99 ms", "B/A p99"):
+        table.add_column(column, justify="right")
+    ratios = []
+    for i, (a, b) in enumerate(rounds, 1):
+        a50, b50, a99, b99 = _percentile(a, 0.5), _percentile(b, 0.5), _percentile(a, 0.99), _percentile(b, 0.99)
+        ratios.append(b50 / a50)
+        cells = (f"{a50:.3f}", f"{b50:.3f}", f"{b50 / a50:.3f}", f"{a99:.2f}", f"{b99:.2f}", f"{b99 / a99:.3f}")
+        table.add_row(str(i), f"{len(a):,}", *cells)
+    console.print(table)
+    console.print(f"B/A p50: median over rounds {statistics.median(ratios):.3f} (below 1: B is faster)")
+
+
+if __name__ == "__main__":
+    main()
