@@ -68,6 +68,19 @@ class _Echo:
         return answer
 
 
+def _collect(count: int) -> tuple[list[int], asyncio.Event, Callable[[pb.Batch], None]]:
+    """A dialer's `on_reply` that keeps the txids answered, and an event set once `count` came."""
+    replies: list[int] = []
+    done = asyncio.Event()
+
+    def on_reply(batch: pb.Batch) -> None:
+        replies.extend(_txids(batch_from_pb(batch)))
+        if len(replies) == count:
+            done.set()
+
+    return replies, done, on_reply
+
+
 async def _serve(echo: _Echo) -> tuple[asyncio.Server, str]:
     server = await listen("127.0.0.1", 0, echo.inbound, "listener")
     port = server.sockets[0].getsockname()[1]
@@ -79,13 +92,7 @@ def test_answers_come_back_in_order_even_when_ready_out_of_order() -> None:
         echo = _Echo()
         echo.delays = {1: 0.2, 2: 0.0, 3: 0.1}
         server, address = await _serve(echo)
-        replies: list[int] = []
-        done = asyncio.Event()
-
-        def on_reply(batch: pb.Batch) -> None:
-            replies.extend(_txids(batch_from_pb(batch)))
-            if len(replies) == 3:
-                done.set()
+        replies, done, on_reply = _collect(3)
 
         conn = await dial(address, on_reply, lambda: None, TIMEOUT_S)
         for txid in (1, 2, 3):
@@ -144,13 +151,7 @@ def test_batches_stepped_without_a_task_switch_are_answered_in_order_with_the_ot
         echo.delays = {2: 0.2, 3: 0.0, 4: 0.15, 6: 0.05}
         server = await listen("127.0.0.1", 0, echo.inbound, "listener", step_now=echo.step_now)
         address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        replies: list[int] = []
-        done = asyncio.Event()
-
-        def on_reply(batch: pb.Batch) -> None:
-            replies.extend(_txids(batch_from_pb(batch)))
-            if len(replies) == 6:
-                done.set()
+        replies, done, on_reply = _collect(6)
 
         conn = await dial(address, on_reply, lambda: None, TIMEOUT_S)
         conn.send(batch_frame("dialer", [message_bytes(Commit(1, 1))]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,23 @@ from corral.store.durability import WalSync
 from corral.store.mvcc import MVCCStore
 from tests.waiting import until
 
+Synced = tuple[MVCCStore, WalSync]
 
-def test_one_fsync_covers_every_commit_noted_before_it(tmp_path: Path) -> None:
+
+@pytest.fixture
+def synced(tmp_path: Path) -> Iterator[Synced]:
+    """A store committing with synchronous=NORMAL, and the WalSync of its file."""
+    store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
+    sync = WalSync(store.path)
+    yield store, sync
+    sync.close()
+    store.close()
+
+
+def test_one_fsync_covers_every_commit_noted_before_it(synced: Synced) -> None:
+    store, sync = synced
+
     async def run() -> None:
-        store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
-        sync = WalSync(store.path)
         tickets = []
         for i in range(50):
             store.put(f"k{i}", b"v")
@@ -26,15 +39,14 @@ def test_one_fsync_covers_every_commit_noted_before_it(tmp_path: Path) -> None:
         assert sync.fsyncs <= 2  # 50 commits, grouped (the second covers commits noted meanwhile)
         await sync.wait_durable(10)  # already durable: returns at once
         assert sync.fsyncs <= 2
-        store.close()
 
     asyncio.run(run())
 
 
-def test_later_commits_wait_for_the_next_fsync(tmp_path: Path) -> None:
+def test_later_commits_wait_for_the_next_fsync(synced: Synced) -> None:
+    store, sync = synced
+
     async def run() -> None:
-        store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
-        sync = WalSync(store.path)
         store.put("a", b"1")
         first = asyncio.create_task(sync.wait_durable(sync.note_commit()))
         await asyncio.sleep(0)  # let the first fsync start
@@ -43,15 +55,14 @@ def test_later_commits_wait_for_the_next_fsync(tmp_path: Path) -> None:
         await first
         await sync.wait_durable(second)
         assert sync.durable == second
-        store.close()
 
     asyncio.run(run())
 
 
-def test_an_fsync_ends_by_calling_its_subscribers_with_every_commit_asked_for_durable(tmp_path: Path) -> None:
+def test_an_fsync_ends_by_calling_its_subscribers_with_every_commit_asked_for_durable(synced: Synced) -> None:
+    store, sync = synced
+
     async def run() -> list[int]:
-        store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
-        sync = WalSync(store.path)
         seen: list[int] = []
         sync.subscribe(lambda: seen.append(sync.durable), lambda err: None)
         store.put("a", b"1")
@@ -59,17 +70,15 @@ def test_an_fsync_ends_by_calling_its_subscribers_with_every_commit_asked_for_du
         store.put("b", b"2")
         sync.request(sync.note_commit())  # asked in the same loop iteration: the same fsync
         await until(lambda: bool(seen))
-        store.close()
-        sync.close()
         return seen
 
     assert asyncio.run(run()) == [2]
 
 
-def test_a_lazy_request_rides_on_the_next_urgent_one(tmp_path: Path) -> None:
+def test_a_lazy_request_waits_for_an_urgent_one_or_else_for_its_deadline(synced: Synced) -> None:
+    store, sync = synced
+
     async def run() -> None:
-        store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
-        sync = WalSync(store.path)
         store.put("a", b"1")
         lazy = sync.note_commit()
         sync.request(lazy, lazy=True)
@@ -77,35 +86,23 @@ def test_a_lazy_request_rides_on_the_next_urgent_one(tmp_path: Path) -> None:
         assert sync.fsyncs == 0
         store.put("b", b"2")
         await sync.wait_durable(sync.note_commit())
-        assert sync.durable >= lazy and sync.fsyncs == 1
-        store.close()
-        sync.close()
+        assert sync.durable >= lazy and sync.fsyncs == 1  # one fsync for both
+        store.put("c", b"3")
+        alone = sync.note_commit()
+        sync.request(alone, lazy=True)
+        await until(lambda: sync.durable == alone)  # nobody hurries it: its deadline does
+        assert sync.fsyncs == 2
 
     asyncio.run(run())
 
 
-def test_a_lazy_request_alone_is_synced_by_its_deadline(tmp_path: Path) -> None:
-    async def run() -> None:
-        store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
-        sync = WalSync(store.path)
-        store.put("a", b"1")
-        ticket = sync.note_commit()
-        sync.request(ticket, lazy=True)
-        await until(lambda: sync.durable == ticket)
-        assert sync.fsyncs == 1
-        store.close()
-        sync.close()
+def test_the_wal_file_kept_open_is_the_one_sqlite_writes_after_checkpoints(synced: Synced) -> None:
+    store, sync = synced
 
-    asyncio.run(run())
-
-
-def test_the_wal_file_kept_open_is_the_one_sqlite_writes_after_checkpoints(tmp_path: Path) -> None:
     """The WAL is opened once, not per fsync: that is only right while SQLite keeps writing the same
     file (it resets it in place at checkpoints and only removes it when the database closes)."""
 
     async def run() -> None:
-        store = MVCCStore(tmp_path / "s.db", synchronous="NORMAL")
-        sync = WalSync(store.path)
         for i in range(5):
             store.put(f"k{i}", b"v" * 5000)
             await sync.wait_durable(sync.note_commit())
@@ -114,8 +111,6 @@ def test_the_wal_file_kept_open_is_the_one_sqlite_writes_after_checkpoints(tmp_p
         opened = [fd for fd in map(int, os.listdir("/proc/self/fd")) if _names(fd, sync.wal_path)]
         assert len(opened) >= 2  # SQLite's and ours
         assert {os.fstat(fd).st_ino for fd in opened} == {live}
-        store.close()
-        sync.close()
 
     asyncio.run(run())
 
