@@ -1,16 +1,18 @@
-"""Paired A/B latency at one client: two checkouts of Corral, side by side, one operation at a time.
+"""Paired A/B latency at one client: two checkouts of Corral side by side, taking turns in short bursts.
 
 On a shared 2-core machine, runs made minutes apart differ by ±20% (other tenants, CPU frequency),
 more than most changes are worth; two clusters loaded at once compete for the cores instead, which is
 not the one-client case. Here both clusters are up, each driven by a client process of its own
-checkout, and this process alternates them one operation at a time (A then B, then B then A): only
-one cluster works at any instant, and both see the same machine within milliseconds of each other.
-It prints each side's p50 and p99 per round and the B/A ratios. Run it with the baseline against
-itself first: that shows the method's own noise (a few percent).
+checkout, and this process alternates them in short bursts of back-to-back operations (A then B, then
+B then A; `--burst`, default 25, about 50 ms): only one cluster works at any instant, both see the
+same machine within milliseconds of each other, and within a burst each operation overlaps what the
+previous one left running (a COMMIT being applied, a deferred fsync), as at one client. It prints
+each side's p50 and p99 per round and the B/A ratios. Run it with the baseline against itself
+first: that shows the method's own noise (a few percent).
 
 Run: `python benchmarks/ab_latency.py BASELINE [CANDIDATE]`, each a checkout (a directory holding
 `corral/`; CANDIDATE defaults to this one), for example after `git worktree add /tmp/base main`.
-Options: --op put|get, --duration (seconds per round), --rounds.
+Options: --op put|get, --duration (seconds per round), --rounds, --burst.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ Rounds = list[tuple[list[float], list[float]]]  # per round: A's latencies, B's 
 
 
 async def _client(endpoints: dict[str, Any], op: str) -> None:
-    """Do one operation per b"o" read on stdin, answering b"d"; on b"q" print the latencies as JSON."""
+    """Per line "N" read on stdin do N operations back to back, then answer b"d"; on "q" print the
+    latencies as JSON."""
     from corral.client.aio import AsyncClient, Endpoints
 
     wires = tuple(tuple(w) for w in endpoints["wires"])
@@ -58,15 +61,16 @@ async def _client(endpoints: dict[str, Any], op: str) -> None:
     out.write(b"r")
     out.flush()
     n = 0
-    while (await commands.readexactly(1)) == b"o":
-        key = f"ab/{n % KEYS}"
-        started = time.perf_counter()
-        if op == "put":
-            await client.put(key, VALUE)
-        else:
-            await client.get(key)
-        latencies.append(time.perf_counter() - started)
-        n += 1
+    while (line := await commands.readline()).strip().isdigit():
+        for _ in range(int(line)):
+            key = f"ab/{n % KEYS}"
+            started = time.perf_counter()
+            if op == "put":
+                await client.put(key, VALUE)
+            else:
+                await client.get(key)
+            latencies.append(time.perf_counter() - started)
+            n += 1
         out.write(b"d")
         out.flush()
     await client.close()
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--op", choices=("put", "get"), default="put")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per round (default 15)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=25, help="operations in a row on one side (default 25)")
     args = parser.parse_args()
     trees = [args.baseline.resolve(), args.candidate.resolve()]
     for tree in trees:
@@ -149,7 +154,7 @@ def main() -> None:
                 )
             for side, client in zip("AB", clients, strict=True):
                 _expect(client.stdout, b"r", side)  # type: ignore[arg-type]
-            rounds = _run(clients, args.rounds, args.duration)
+            rounds = _run(clients, args.rounds, args.duration, args.burst)
         finally:
             for client in clients:
                 if client.poll() is None:
@@ -158,8 +163,8 @@ def main() -> None:
     _report(rounds, args, trees, console)
 
 
-def _run(clients: list[subprocess.Popen[bytes]], rounds: int, duration_s: float) -> Rounds:
-    """Alternate the two clients one operation at a time; the latencies of each round, per side."""
+def _run(clients: list[subprocess.Popen[bytes]], rounds: int, duration_s: float, burst: int) -> Rounds:
+    """Alternate the two clients a burst at a time; the latencies of each round, per side."""
     marks: list[int] = []  # operations done by each side when each round ended
     n = 0
     for _ in range(rounds):
@@ -167,14 +172,14 @@ def _run(clients: list[subprocess.Popen[bytes]], rounds: int, duration_s: float)
         while time.monotonic() < deadline:
             for side in (0, 1) if n % 2 == 0 else (1, 0):
                 client = clients[side]
-                client.stdin.write(b"o")  # type: ignore[union-attr]
+                client.stdin.write(b"%d\n" % burst)  # type: ignore[union-attr]
                 client.stdin.flush()  # type: ignore[union-attr]
                 _expect(client.stdout, b"d", "AB"[side])  # type: ignore[arg-type]
             n += 1
-        marks.append(n)
+        marks.append(n * burst)
     latencies = []
     for client in clients:
-        out, _ = client.communicate(b"q", timeout=60)
+        out, _ = client.communicate(b"q\n", timeout=60)
         latencies.append(json.loads(out.rsplit(b"\n", 2)[-2]))
     bounds = list(zip([0, *marks[:-1]], marks, strict=True))
     return [(latencies[0][a:b], latencies[1][a:b]) for a, b in bounds]
