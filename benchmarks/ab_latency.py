@@ -119,7 +119,11 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def main() -> None:
     if sys.argv[1:2] == ["--client"]:  # a client process: --client ENDPOINTS OP
-        asyncio.run(_client(json.loads(sys.argv[2]), sys.argv[3]))
+        try:  # the checkout's own loop; one from before corral/eventloop.py ran on asyncio's
+            from corral.eventloop import run
+        except ImportError:
+            run = asyncio.run  # type: ignore[assignment]
+        run(_client(json.loads(sys.argv[2]), sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("baseline", type=Path, help="checkout A (a directory holding corral/)")

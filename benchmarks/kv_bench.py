@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral import eventloop
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -151,7 +153,7 @@ def _etcd_modules(gen_dir: Path):  # type: ignore[no-untyped-def]
 def worker_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     runner = _corral_worker if spec["system"] == "corral" else _etcd_worker
-    print(json.dumps(asyncio.run(runner(spec))))
+    print(json.dumps(eventloop.run(runner(spec))))
 
 
 # -- clusters -------------------------------------------------------------------------------------

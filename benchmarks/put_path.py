@@ -14,7 +14,8 @@ that the machine's cores, not the protocol, bound the figure.
 
 Run: `python benchmarks/put_path.py` (options: --duration). The stamps cost a few µs each, so the
 total runs a little above `kv_bench.py`'s p50. The hooks wrap private asyncio transport methods
-(CPython 3.11-3.13): this is a diagnostic, not part of Corral.
+(CPython 3.11-3.13), so every process here runs asyncio's own loop, not uvloop as Corral does by
+default (see corral/eventloop.py): this is a diagnostic of where the time goes, not of how much.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+from corral import eventloop
 
 if TYPE_CHECKING:
     from corral.config import ClusterConfig
@@ -108,7 +111,7 @@ def _launch(directory: Path) -> Callable[[ClusterConfig, str], subprocess.Popen[
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, STAMPS_ENV: str(directory), "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, STAMPS_ENV: str(directory), "PYTHONUNBUFFERED": "1", eventloop.LOOP_ENV: "asyncio"},
             )
 
     return launch
@@ -275,7 +278,7 @@ def main() -> None:
         try:
             pids = {_node_name(p.pid): p.pid for p in procs} | {"client": os.getpid()}
             ticks = {who: _cpu_ticks(pid) for who, pid in pids.items()}
-            puts = asyncio.run(_put_loop(endpoints, args.duration))
+            puts = asyncio.run(_put_loop(endpoints, args.duration))  # the stdlib loop, whose transports are hooked
             per_put_us = 1e6 / os.sysconf("SC_CLK_TCK") / (puts + WARMUP_PUTS)
             cpu_us = {who: (_cpu_ticks(pid) - ticks[who]) * per_put_us for who, pid in pids.items()}
         finally:

@@ -12,6 +12,7 @@ LAYERS = {
     "errors": 0,
     "limits": 0,
     "frozen": 0,
+    "eventloop": 0,
     "model": 1,
     "records": 1,
     "store": 2,

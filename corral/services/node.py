@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from corral import eventloop
 from corral.config import ClusterConfig, NodeConfig
 from corral.errors import FailedPrecondition
 from corral.rpc import corral_pb2 as pb
@@ -95,4 +96,4 @@ def run_node(config_path: str | Path, name: str) -> None:
     node = config.node(name)
     configure_logging(name)
     faults = Failpoints.from_environment(name, node.failpoints, role=node.role)
-    asyncio.run(serve(config, node, faults))
+    eventloop.run(serve(config, node, faults))

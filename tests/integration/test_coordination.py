@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from corral import Compacted, Event, EventKind, InvalidArgument, LeaseExpired, NotFound
+from corral import Compacted, Event, EventKind, InvalidArgument, LeaseExpired, NotFound, eventloop
 from corral.client import AsyncClient, connect_async
 from tests.integration.harness import LocalCluster, local_cluster
 
@@ -77,7 +77,7 @@ def test_sessions_survive_a_coordinator_restart(cluster: LocalCluster) -> None:
         assert (await client.get("/s/me")) is None
         await client.close()
 
-    asyncio.run(scenario())
+    eventloop.run(scenario())
 
 
 def test_a_lost_session_is_reported_and_its_keys_vanish(cluster: LocalCluster) -> None:
@@ -99,7 +99,7 @@ def test_a_lost_session_is_reported_and_its_keys_vanish(cluster: LocalCluster) -
         await session.close()
         await client.close()
 
-    asyncio.run(scenario())
+    eventloop.run(scenario())
 
 
 async def _until_gone(client: AsyncClient, key: str) -> None:
@@ -179,7 +179,7 @@ def test_watch_is_ordered_gapless_and_resumes_on_another_replica(cluster: LocalC
         await client.close()
         await writer.close()
 
-    asyncio.run(scenario())
+    eventloop.run(scenario())
 
 
 def test_watch_from_a_compacted_revision_says_where_to_start(cluster: LocalCluster) -> None:
@@ -200,7 +200,7 @@ def test_watch_from_a_compacted_revision_says_where_to_start(cluster: LocalClust
         assert events == [4, 5]
         await client.close()
 
-    asyncio.run(scenario())
+    eventloop.run(scenario())
 
 
 def test_watch_sees_puts_and_deletes_with_previous_values(cluster: LocalCluster) -> None:
@@ -217,7 +217,7 @@ def test_watch_sees_puts_and_deletes_with_previous_values(cluster: LocalCluster)
         assert out == [(EventKind.PUT, b"2", b"1"), (EventKind.DELETE, b"", b"2")]
         await client.close()
 
-    asyncio.run(scenario())
+    eventloop.run(scenario())
 
 
 def test_compact_at_the_newest_revision_waits_for_a_replica_still_applying_it(cluster: LocalCluster) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from corral import eventloop
 from corral.client.aio import NodeStatus, connect_async
 from tests.integration.harness import local_cluster
 
@@ -24,7 +25,7 @@ def test_concurrent_writes_share_batches_and_fsyncs(tmp_path: Path) -> None:
             finally:
                 await client.close()
 
-        revisions = asyncio.run(load())
+        revisions = eventloop.run(load())
         assert sorted(revisions) == list(range(min(revisions), min(revisions) + WRITES)), "each write commits once"
         cluster.wait_converged()
         after = cluster.status()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from corral import eventloop
 from corral.client import AsyncClient, Client, connect_async
 from corral.recipes import (
     BlockingLeaderElection,
@@ -226,27 +227,29 @@ def main(argv: list[str]) -> None:
             hold_ms=int(args[5]),
         )
     elif role == "rw":
-        asyncio.run(
+        eventloop.run(
             rw(config, args[0], mode=args[1], count=int(args[2]), out=args[3], worker=args[4], hold_ms=int(args[5]))
         )
     elif role == "counter":
-        asyncio.run(counter(config, args[0], int(args[1]), args[2]))
+        eventloop.run(counter(config, args[0], int(args[1]), args[2]))
     elif role == "dbarrier":
-        asyncio.run(double_barrier(config, args[0], n=int(args[1]), out=args[2], worker=args[3], work_ms=int(args[4])))
+        eventloop.run(
+            double_barrier(config, args[0], n=int(args[1]), out=args[2], worker=args[3], work_ms=int(args[4]))
+        )
     elif role == "elect":
         elect(config, args[0], float(args[1]), args[2], args[3])
     elif role == "produce":
-        asyncio.run(produce(config, args[0], int(args[1]), args[2], args[3]))
+        eventloop.run(produce(config, args[0], int(args[1]), args[2], args[3]))
     elif role == "consume":
-        asyncio.run(
+        eventloop.run(
             consume(config, args[0], out=args[1], consumer=args[2], ttl=float(args[3]), stall_after=int(args[4]))
         )
     elif role == "ephemeral":
-        asyncio.run(ephemeral(config, float(args[0]), args[1], args[2]))
+        eventloop.run(ephemeral(config, float(args[0]), args[1], args[2]))
     elif role == "group-watch":
-        asyncio.run(group_watch(config, int(args[0]), int(args[1]), args[2]))
+        eventloop.run(group_watch(config, int(args[0]), int(args[1]), args[2]))
     elif role == "watch":
-        asyncio.run(watch(config, args[0], int(args[1]), int(args[2]), args[3]))
+        eventloop.run(watch(config, args[0], int(args[1]), int(args[2]), args[3]))
     else:
         raise SystemExit(f"unknown role {role!r}")
 

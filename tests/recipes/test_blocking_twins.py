@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+from corral import eventloop
 from corral.client import Client, connect_async
 from corral.recipes import (
     BlockingDoubleBarrier,
@@ -257,4 +258,4 @@ def test_with_statements_acquire_and_release_every_holder(shared_cluster: LocalC
         assert (sem.held, await sem.holders()) == (False, [])
         await aclient.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    eventloop.run(asyncio.wait_for(scenario(), 30))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from corral import eventloop
 from corral.client import connect_async
 from corral.errors import FailedPrecondition, LeaseExpired
 from corral.recipes import BlockingLock, Lock, WaitTimeout
@@ -22,7 +23,7 @@ SCENARIO_TIMEOUT_S = 60.0
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(scenario, SCENARIO_TIMEOUT_S))
+    eventloop.run(asyncio.wait_for(scenario, SCENARIO_TIMEOUT_S))
 
 
 def check_mutual_exclusion(records: list[dict[str, Any]]) -> list[int]:

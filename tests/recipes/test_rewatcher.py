@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from corral import eventloop
 from corral.client import connect_async
 from corral.recipes._base import Deadline, Rewatcher
 from tests.integration.harness import LocalCluster
@@ -28,4 +27,4 @@ def test_a_compacted_watch_start_moves_up_to_the_oldest_kept_revision(own_cluste
         finally:
             await client.close()
 
-    asyncio.run(scenario())
+    eventloop.run(scenario())

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+from corral import eventloop
 from corral.core.messages import Abort, Ack, Commit, Message, Prepare, TxnSpec, Vote
 from corral.model import Put
 from corral.rpc import corral_pb2 as pb
@@ -103,7 +104,7 @@ def test_prepares_queued_behind_the_one_in_flight_leave_together_and_answers_kee
             await links.close()
             server.close()
 
-    batches, acked = asyncio.run(main())
+    batches, acked = eventloop.run(main())
     assert batches == [[1], [2, 3, 4]]
     assert acked == [1, 2, 3, 4]
 
@@ -129,7 +130,7 @@ def test_a_peer_that_stops_answering_is_reported_unreachable_for_what_it_left_un
             await links.close()
             server.close()
 
-    acked, unreachable, waited = asyncio.run(main())
+    acked, unreachable, waited = eventloop.run(main())
     assert acked == [1]
     assert unreachable == [2]
     assert waited >= 0.4 * 0.9  # not before its own timeout (loop time vs monotonic: a little slack)

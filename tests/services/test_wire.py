@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 import grpc
 import pytest
 
+from corral import eventloop
 from corral.client.streams import CallStream, StreamBroken
 from corral.client.wire_call import WireCall
 from corral.core.messages import Abort, Ack, Commit, Message, Prepare, TxnSpec, Vote
@@ -104,7 +105,7 @@ def test_answers_come_back_in_order_even_when_ready_out_of_order() -> None:
         server.close()
         return replies
 
-    assert asyncio.run(main()) == [1, 2, 3]
+    assert eventloop.run(main()) == [1, 2, 3]
 
 
 class _StepNowEcho(_Echo):
@@ -168,7 +169,7 @@ def test_batches_stepped_without_a_task_switch_are_answered_in_order_with_the_ot
         server.close()
         return replies, echo
 
-    replies, echo = asyncio.run(main())
+    replies, echo = eventloop.run(main())
     assert replies == [1, 2, 3, 4, 5, 6]
     assert echo.seen == [1, 2, 3, 4, 5, 6]
     assert 3 not in echo.stepped_now, "a batch read while an earlier one was being stepped overtook it"
@@ -210,7 +211,7 @@ def test_a_bad_connection_is_closed_and_the_listener_keeps_serving(data: bytes) 
         conn.transport.abort()
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def test_a_refused_batch_closes_the_connection_and_the_dialer_hears_of_it() -> None:
@@ -229,7 +230,7 @@ def test_a_refused_batch_closes_the_connection_and_the_dialer_hears_of_it() -> N
         assert echo.seen == [1]
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:
@@ -240,7 +241,7 @@ def test_a_port_in_use_is_a_clear_error() -> None:
             await listen("127.0.0.1", port, _Echo().inbound, "other")
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 # -- call streams over the wire ------------------------------------------------------------------
@@ -291,7 +292,7 @@ def test_a_call_stream_over_the_wire_answers_every_call_by_id_and_peers_still_wo
         await stream.close()
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def test_calls_made_together_on_a_connected_stream_leave_in_bounded_bundles() -> None:
@@ -317,7 +318,7 @@ def test_calls_made_together_on_a_connected_stream_leave_in_bounded_bundles() ->
         server.close()
         return [a.revision for a in answers]
 
-    revisions = asyncio.run(main())
+    revisions = eventloop.run(main())
     assert revisions == list(range(2, BUNDLE_ITEMS_MAX + 12))
     assert sizes == [1, 1, BUNDLE_ITEMS_MAX, 9]
 
@@ -360,7 +361,7 @@ def test_a_direct_stream_answers_calls_now_or_later_and_what_is_ready_together_l
         server.close()
         return together, later, rest
 
-    together, later, rest = asyncio.run(main())
+    together, later, rest = eventloop.run(main())
     assert together == [1, 3]
     assert later == [2]
     assert rest == b""
@@ -377,7 +378,7 @@ def test_a_refused_connection_fails_calls_as_never_sent() -> None:
         assert broken.value.code == grpc.StatusCode.UNAVAILABLE and not broken.value.sent
         await stream.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def test_a_stream_that_breaks_after_a_call_was_written_fails_it_as_maybe_applied_and_the_next_call_reconnects() -> None:
@@ -397,7 +398,7 @@ def test_a_stream_that_breaks_after_a_call_was_written_fails_it_as_maybe_applied
         await stream.close()
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 @pytest.mark.parametrize(
@@ -414,7 +415,7 @@ def test_a_bad_call_stream_is_closed_and_the_listener_keeps_serving(data: bytes)
         await stream.close()
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def test_a_dialer_that_does_not_read_its_answers_stops_being_read() -> None:
@@ -455,4 +456,4 @@ def test_a_dialer_that_does_not_read_its_answers_stops_being_read() -> None:
         writer.close()
         server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())

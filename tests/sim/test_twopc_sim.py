@@ -11,7 +11,6 @@ to is shown in `test_checkers_sim.py`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from corral import eventloop
 from corral.client import session as client_session
 from corral.config import new_cluster
 from corral.core.leases import LEASE_TTL_MIN_MS
@@ -467,7 +467,7 @@ def test_replica_shell_keeps_its_timer_across_a_batch_of_fetches(tmp_path: Path)
         assert [type(m) for m in answer] == [FetchReply] and shell.ticker.wake_at_ms == 12_345
         await shell.close()
 
-    asyncio.run(go())
+    eventloop.run(go())
 
 
 # -- client leases (sessions) and sequential keys --------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from corral import eventloop
 from corral.store.durability import WalSync
 from corral.store.mvcc import MVCCStore
 from tests.waiting import until
@@ -40,7 +41,7 @@ def test_one_fsync_covers_every_commit_noted_before_it(synced: Synced) -> None:
         await sync.wait_durable(10)  # already durable: returns at once
         assert sync.fsyncs <= 2
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def test_later_commits_wait_for_the_next_fsync(synced: Synced) -> None:
@@ -56,7 +57,7 @@ def test_later_commits_wait_for_the_next_fsync(synced: Synced) -> None:
         await sync.wait_durable(second)
         assert sync.durable == second
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def test_an_fsync_ends_by_calling_its_subscribers_with_every_commit_asked_for_durable(synced: Synced) -> None:
@@ -72,7 +73,7 @@ def test_an_fsync_ends_by_calling_its_subscribers_with_every_commit_asked_for_du
         await until(lambda: bool(seen))
         return seen
 
-    assert asyncio.run(run()) == [2]
+    assert eventloop.run(run()) == [2]
 
 
 def test_a_lazy_request_waits_for_an_urgent_one_or_else_for_its_deadline(synced: Synced) -> None:
@@ -93,7 +94,7 @@ def test_a_lazy_request_waits_for_an_urgent_one_or_else_for_its_deadline(synced:
         await until(lambda: sync.durable == alone)  # nobody hurries it: its deadline does
         assert sync.fsyncs == 2
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def test_the_wal_file_kept_open_is_the_one_sqlite_writes_after_checkpoints(synced: Synced) -> None:
@@ -112,7 +113,7 @@ def test_the_wal_file_kept_open_is_the_one_sqlite_writes_after_checkpoints(synce
         assert len(opened) >= 2  # SQLite's and ours
         assert {os.fstat(fd).st_ino for fd in opened} == {live}
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def test_a_failed_fsync_fails_its_waiters_and_tells_the_subscribers(tmp_path: Path) -> None:
@@ -126,7 +127,7 @@ def test_a_failed_fsync_fails_its_waiters_and_tells_the_subscribers(tmp_path: Pa
         with pytest.raises(FileNotFoundError):  # and nothing later is promised either
             await sync.wait_durable(sync.note_commit())
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 def _names(fd: int, path: Path) -> bool:
