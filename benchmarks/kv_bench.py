@@ -153,7 +153,16 @@ def _etcd_modules(gen_dir: Path):  # type: ignore[no-untyped-def]
 def worker_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     runner = _corral_worker if spec["system"] == "corral" else _etcd_worker
-    print(json.dumps(eventloop.run(runner(spec))))
+    write_all(sys.stdout.fileno(), json.dumps(eventloop.run(runner(spec))).encode() + b"\n")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to a pipe. After a uvloop loop closes, a blocking write to a pipe can
+    return short (libuv's io_uring leaves work that counts as a pending signal), and `print` then
+    drops the rest: seen here as a worker's 100 kB of JSON cut at 64 KiB."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # -- clusters -------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ cluster pairs), uvloop in the nodes took 8% off the one-client put p50, and 12.5
 it too. It is a declared dependency on every platform it supports; elsewhere (Windows) the stdlib
 loop serves, with the same behaviour, only slower. `CORRAL_EVENT_LOOP=asyncio` picks the stdlib
 loop on purpose (benchmarks/put_path.py does, to hook its transports).
+
+Used where Corral owns the process (nodes, benchmark clients), not in the blocking client, which
+lives inside its caller's program: once a uvloop loop has closed, a blocking write of that program to
+a pipe can come back short (libuv's io_uring leaves work that counts as a pending signal) and
+`print` drops the rest. The async client runs on whatever loop its caller chose.
 """
 
 from __future__ import annotations
@@ -32,16 +37,6 @@ def _factory() -> Callable[[], asyncio.AbstractEventLoop]:
         else:
             return uvloop.new_event_loop
     return asyncio.new_event_loop
-
-
-def loop_name() -> str:
-    """ "uvloop" or "asyncio": the loop this process's next `run` or `new_event_loop` makes."""
-    return "asyncio" if _factory() is asyncio.new_event_loop else "uvloop"
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A fresh loop of the kind Corral runs on (for a loop driven from a thread of its own)."""
-    return _factory()()
 
 
 def run(coro: Coroutine[Any, Any, _T]) -> _T:

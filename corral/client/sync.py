@@ -13,7 +13,6 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from corral import eventloop
 from corral.client.aio import DEFAULT_TIMEOUT_S, AsyncClient, NodeStatus, TxnResponse, connect_async
 from corral.core.leases import LeaseInfo
 from corral.model import Compare, Event, KeyValue, TxnWrite
@@ -30,7 +29,10 @@ class Client:
     def __init__(
         self, cluster: str | Path | None = None, *, timeout: float = DEFAULT_TIMEOUT_S, client_id: str | None = None
     ):
-        self._loop = eventloop.new_event_loop()
+        # asyncio's own loop, not uvloop as the nodes run: after a uvloop loop closes, the calling
+        # program's writes to a pipe can come back short (see corral/eventloop.py); seen as
+        # `corral get KEY | slow-reader` cut at 64 KiB. A library must not do that to its caller.
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="corral-client", daemon=True)
         self._thread.start()
         try:

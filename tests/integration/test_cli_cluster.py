@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.integration.harness import wait_until
+
 
 def corral(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -58,8 +60,31 @@ def test_up_status_kv_down(tmp_path: Path) -> None:
         assert "replica-2" in table.stdout and "up" in table.stdout
         assert "view 1: replica-1, replica-2, replica-3" in table.stdout, table.stdout
         assert table.stdout.count("member") == 3, table.stdout
+
+        big = os.urandom(150_000).hex()  # 300 kB: more than a pipe holds
+        put = subprocess.run(
+            [sys.executable, "-m", "corral", "put", "big", "-"], input=big.encode(), cwd=tmp_path, capture_output=True
+        )
+        assert put.returncode == 0
+        assert _get_into_a_slow_pipe("big", cwd=tmp_path) == big.encode() + b"\n"
     finally:
         down = corral("down", "--dir", "corral-data", cwd=tmp_path)
     assert down.returncode == 0 and "is down" in down.stdout
     status = corral("status", "--dir", "corral-data", cwd=tmp_path)
     assert status.returncode == 1 and "down" in status.stdout
+
+
+def _get_into_a_slow_pipe(key: str, cwd: Path) -> bytes:
+    """`corral get KEY` with stdout a pipe read only once the command is blocked writing to it (or
+    has exited). A short write must not lose the rest: on uvloop it did, cut at 64 KiB, so the
+    blocking client runs on asyncio's own loop."""
+    proc = subprocess.Popen([sys.executable, "-m", "corral", "get", key], stdout=subprocess.PIPE, cwd=cwd)
+    try:
+        syscall = Path(f"/proc/{proc.pid}/syscall")
+        # "1 0x1 ...": blocked in write(2) on fd 1, the pipe being full.
+        wait_until(lambda: proc.poll() is not None or syscall.read_text().startswith("1 0x1 "), 60, "a blocked write")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    return out
