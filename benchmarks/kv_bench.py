@@ -3,9 +3,11 @@
 For each concurrency level (default 1, 16 and 64 clients) it measures durable puts/s and
 linearizable gets/s with p50/p99 latency. The load comes from worker processes (so the client's own
 CPU is spread like the servers'), each running async clients: Corral's own client (its call streams
-over each node's wire), and for etcd a Python gRPC client of the same shape. When the `etcd` binary
-is installed (Debian package etcd-server) it starts a 3-member etcd on loopback next to Corral; the
-two take turns phase by phase, alternating which goes first, and it prints Corral/etcd ratios.
+over each node's wire), and for etcd a Python gRPC client of the same shape; both on uvloop, as
+Corral's nodes are (etcd's client did no better on asyncio's loop: 3 interleaved runs each, within
+noise). When the `etcd` binary is installed (Debian package etcd-server) it starts a 3-member etcd
+on loopback next to Corral; the two take turns phase by phase, alternating which goes first, and it
+prints Corral/etcd ratios.
 
 Run: `python benchmarks/kv_bench.py` (options: --duration, --clients, --procs, --no-etcd).
 """
