@@ -168,6 +168,7 @@ class _Accepted(Framed):
         self._pump: asyncio.Task[None] | None = None
         self._direct: DirectStream | None = None
         self._ready: list[Any] = []  # a direct stream's answers not written yet
+        self._write_soon = False  # `_write_answers` is scheduled
 
     def on_greeting(self, greeting: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -263,7 +264,19 @@ class _Accepted(Framed):
 
     def _answered(self, _: object = None) -> None:
         # Every answer ready now leaves in one write: one wake-up of the dialer, not one per answer
-        # (a replica's deferred COMMIT acks come due with the next PREPARE's votes).
+        # (a replica's deferred COMMIT acks come due with the next PREPARE's votes). While a later
+        # answer is still pending, what is ready waits for it, at most until the next iteration: one
+        # fsync usually releases both (a COMMIT's ack, then the vote on the PREPARE read with it), and
+        # they leave together, not as two writes that wake the coordinator twice, ack first.
+        if self._answers and not self._answers[-1].done():
+            if not self._write_soon:
+                self._write_soon = True
+                asyncio.get_running_loop().call_soon(self._write_answers)
+            return
+        self._write_answers()
+
+    def _write_answers(self) -> None:
+        self._write_soon = False
         frames = []
         while self._answers and self._answers[0].done():
             answer = self._answers.popleft()

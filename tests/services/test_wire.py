@@ -19,6 +19,7 @@ from corral.rpc import corral_pb2 as pb
 from corral.rpc.bundles import BUNDLE_ITEMS_MAX
 from corral.rpc.convert import batch_from_pb, batch_to_pb
 from corral.rpc.framing import RANGES_GREETING, TXNS_GREETING
+from corral.services import wire
 from corral.services.wire import FRAME_BYTES_MAX, MAGIC, DirectStream, batch_frame, dial, listen, message_bytes
 from tests.waiting import until
 
@@ -117,6 +118,8 @@ class _StepNowEcho(_Echo):
         self.via_inbound: set[int] = set()
         self.stepped_now: list[int] = []
         self.arrived: list[int] = []  # batches the async way has begun with (it then waits a while)
+        self.hold: set[int] = set()  # answered only when the test calls `held[txid]`
+        self.held: dict[int, Callable[[], None]] = {}
 
     async def inbound(self, batch: pb.Batch) -> asyncio.Future[list[Message]]:
         self.arrived.append(_txid(batch_from_pb(batch)[0]))
@@ -136,7 +139,9 @@ class _StepNowEcho(_Echo):
             on_ready()
 
         delay = self.delays.get(txid)
-        if delay is None:
+        if txid in self.hold:
+            self.held[txid] = ready
+        elif delay is None:
             ready()
         else:
             asyncio.get_running_loop().call_later(delay, ready)
@@ -174,6 +179,67 @@ def test_batches_stepped_without_a_task_switch_are_answered_in_order_with_the_ot
     assert echo.seen == [1, 2, 3, 4, 5, 6]
     assert 3 not in echo.stepped_now, "a batch read while an earlier one was being stepped overtook it"
     assert {1, 4, 5, 6} <= set(echo.stepped_now)
+
+
+class _CountedWrites:
+    """A listener-side transport that records each write (the rest passes through)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+def test_answers_released_together_leave_in_one_write_and_a_ready_one_does_not_wait_for_a_held_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on a replica, where one fsync releases a COMMIT's ack and then the vote on the PREPARE read
+    with it: both go in one write (one wake-up of the coordinator, not two, the ack first). An answer
+    ready while a later one is still held goes out anyway, one loop iteration later."""
+    counted: list[_CountedWrites] = []
+    made = wire._Accepted.connection_made
+
+    def connection_made(self: wire._Accepted, transport: asyncio.BaseTransport) -> None:
+        made(self, transport)
+        assert self.transport is not None
+        counted.append(_CountedWrites(self.transport))
+        self.transport = counted[-1]  # type: ignore[assignment]
+
+    monkeypatch.setattr(wire._Accepted, "connection_made", connection_made)
+
+    async def main() -> list[int]:
+        echo = _StepNowEcho()
+        echo.hold = {1, 2, 4}
+        echo.delays = {3: 0.0}
+        server = await listen("127.0.0.1", 0, echo.inbound, "listener", step_now=echo.step_now)
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        replies, done, on_reply = _collect(4)
+        conn = await dial(address, on_reply, lambda: None, TIMEOUT_S)
+        frames = [batch_frame("dialer", [message_bytes(Commit(t, t))]) for t in (1, 2, 3, 4)]
+
+        conn.send(frames[0] + frames[1])  # read together, stepped now, both held
+        await asyncio.wait_for(until(lambda: sorted(echo.held) == [1, 2]), TIMEOUT_S)
+        asyncio.get_running_loop().call_soon(lambda: (echo.held[1](), echo.held[2]()))  # one "fsync"
+        await asyncio.wait_for(until(lambda: replies == [1, 2]), TIMEOUT_S)
+        assert len(counted[0].writes) == 1, "two answers released together left in two writes"
+
+        conn.send(frames[2] + frames[3])  # 3 is ready in the next iteration, 4 stays held
+        await asyncio.wait_for(until(lambda: replies == [1, 2, 3]), TIMEOUT_S)
+        assert 4 not in replies
+        echo.held[4]()
+        await asyncio.wait_for(done.wait(), TIMEOUT_S)
+        assert conn.transport is not None
+        conn.transport.abort()
+        server.close()
+        return replies
+
+    assert eventloop.run(main()) == [1, 2, 3, 4]
 
 
 async def _raw(address: str, data: bytes) -> bytes:
