@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -107,12 +107,6 @@ def _launcher(tree: Path) -> Any:
     return launch
 
 
-def _expect(stream: IO[bytes], want: bytes, who: str) -> None:
-    got = stream.read(1)
-    if got != want:
-        raise SystemExit(f"the {who} client stopped (read {got!r}); see its cluster's logs")
-
-
 def _percentile(xs: list[float], q: float) -> float:
     ordered = sorted(xs)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -175,31 +169,14 @@ def _round(kv_bench: Any, trees: list[Path], tmp: Path, args: argparse.Namespace
                 )
             )
         for tree, client in zip(trees, clients, strict=True):
-            _expect(client.stdout, b"r", str(tree))  # type: ignore[arg-type]
-        return _turns(clients, args.duration, args.burst)
+            kv_bench.expect(client.stdout, b"r", str(tree))
+        turns: tuple[list[float], list[float]] = kv_bench.take_turns(clients, args.duration, args.burst)
+        return turns
     finally:
         for client in clients:
             if client.poll() is None:
                 client.kill()
         kv_bench.stop(procs)
-
-
-def _turns(clients: list[subprocess.Popen[bytes]], duration_s: float, burst: int) -> tuple[list[float], list[float]]:
-    """Alternate the two clients a burst at a time for `duration_s`; each one's latencies."""
-    deadline = time.monotonic() + duration_s
-    n = 0
-    while time.monotonic() < deadline:
-        for side in (0, 1) if n % 2 == 0 else (1, 0):
-            client = clients[side]
-            client.stdin.write(b"%d\n" % burst)  # type: ignore[union-attr]
-            client.stdin.flush()  # type: ignore[union-attr]
-            _expect(client.stdout, b"d", "AB"[side])  # type: ignore[arg-type]
-        n += 1
-    latencies = []
-    for client in clients:
-        out, _ = client.communicate(b"q\n", timeout=60)
-        latencies.append(json.loads(out.rsplit(b"\n", 2)[-2]))
-    return latencies[0], latencies[1]
 
 
 def _report(rounds: Rounds, args: argparse.Namespace, trees: list[Path], console: Console) -> None:

@@ -38,6 +38,20 @@ def test_kv_benchmark_runs_a_cluster_and_prints_its_table() -> None:
         assert ops > 0, line
 
 
+def test_two_clusters_clients_take_turns_in_bursts(tmp_path: Path) -> None:
+    """kv_bench's paired 1-client puts (Corral against etcd when etcd is installed), here two clients
+    of one Corral cluster: both warm up, then do the same bursts in turn."""
+    from benchmarks import kv_bench
+
+    endpoints, procs = kv_bench.start_corral(tmp_path)
+    try:
+        a, b = kv_bench.paired_puts([("corral", endpoints), ("corral", endpoints)], 0.5)
+    finally:
+        kv_bench.stop(procs)
+    assert len(a) == len(b) > 0 and len(a) % kv_bench.BURST == 0
+    assert all(0 < x < 30 for x in a + b)
+
+
 def test_put_path_traces_puts_and_prints_its_phases() -> None:
     """The critical-path breakdown starts its stamped cluster, traces puts and prints every phase."""
     argv = ["benchmarks/put_path.py", "--duration", "0.5"]
