@@ -1,4 +1,4 @@
-"""The event loop every Corral process runs on: uvloop where it is installed, else asyncio's own.
+"""The event loop Corral's own processes run on: uvloop where it is installed, else asyncio's own.
 
 Why uvloop: a put crosses five processes and about a dozen loop iterations on two cores, so the loop's
 own cost is on the critical path. Paired against asyncio's loop (benchmarks/ab_latency.py, fresh
