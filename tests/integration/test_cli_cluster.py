@@ -80,11 +80,18 @@ def _get_into_a_slow_pipe(key: str, cwd: Path) -> bytes:
     blocking client runs on asyncio's own loop."""
     proc = subprocess.Popen([sys.executable, "-m", "corral", "get", key], stdout=subprocess.PIPE, cwd=cwd)
     try:
-        syscall = Path(f"/proc/{proc.pid}/syscall")
-        # "1 0x1 ...": blocked in write(2) on fd 1, the pipe being full.
-        wait_until(lambda: proc.poll() is not None or syscall.read_text().startswith("1 0x1 "), 60, "a blocked write")
+        wait_until(lambda: proc.poll() is not None or _blocked_writing_stdout(proc.pid), 60, "a blocked write")
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0
     return out
+
+
+def _blocked_writing_stdout(pid: int) -> bool:
+    """The process sits in write(2) on fd 1 ("1 0x1 ..." in /proc/PID/syscall): the pipe is full. Where
+    that file cannot be read (no ptrace rights, or the process just exited), read the pipe at once."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().startswith("1 0x1 ")
+    except OSError:
+        return True
