@@ -513,6 +513,8 @@ class Participant:
         if self.membership is not Membership.OUTSIDE:
             return  # a late answer to a fetch made while catching up
         self._fetch_sent_ms = None
+        if self._fetch_from != self.applied_revision + 1:
+            return  # an answer to an older request (its error too: seed 7012185)
         if msg.error is not None:
             if msg.error.code == Compacted.code:
                 # The history we miss is gone there: take the member's whole state instead.
@@ -524,8 +526,6 @@ class Participant:
             # another.
             self.log.warning("replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
             return
-        if self._fetch_from != self.applied_revision + 1:
-            return  # an answer to an older request
         self._level_with_peer = msg.complete
         if msg.through_revision <= self.applied_revision:
             self._progress_rejoin(out, now_ms)
@@ -613,6 +613,18 @@ class Participant:
             self._join_sent_ms = now_ms
             self._level_with_peer = False  # fetch again before the next Join, should this one fail
             out.send.append(Envelope(self.coordinator, Join(self.applied_revision)))
+
+    def _join_is_next(self) -> bool:
+        """Whether (re)sending Join is the next step of rejoining: where `_progress_rejoin` ends."""
+        return (
+            self.membership is Membership.OUTSIDE
+            and bool(self.members)
+            and self._snapshot is None
+            and self._join_target is None
+            and self._level_with_peer
+            and not self._decided
+            and not self._prepared
+        )
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -710,8 +722,9 @@ class Participant:
                 times.append(self._fetch_sent_ms + self.timeouts.resolve_interval_ms)
             if self._snapshot is not None and self._snapshot.sent_ms is not None:
                 times.append(self._snapshot.sent_ms + self.timeouts.resolve_interval_ms)
-            if self._join_sent_ms is not None and self._join_target is None and self._level_with_peer:
+            if self._join_sent_ms is not None and self._join_is_next():
                 # Only while joining is the next step: a timer left from an earlier Join, once past,
-                # would have the shell tick in a loop while a fetch is still unanswered.
+                # would have the shell tick in a loop while a fetch or a snapshot is still unanswered
+                # (seed 7012185: a snapshot begun after the Join).
                 times.append(self._join_sent_ms + self.timeouts.join_timeout_ms)
         return min(times)

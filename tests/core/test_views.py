@@ -443,3 +443,45 @@ def test_a_snapshot_not_ahead_of_the_joiner_is_dropped_for_fetching() -> None:
     eff = p.step(Received(fetch.dst, SnapshotPage(9, "", (), False)), 3)
     assert eff.persist == () and p.applied_revision == 9
     assert [e.msg for e in eff.send if isinstance(e.msg, FetchRequest)] == [FetchRequest(10)]
+
+
+def _level_and_joining(applied: int) -> tuple[Participant, Envelope]:
+    """An outside replica at `applied` that fetched, heard it is level, and asked to join at t=2."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=applied), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    assert fetch.msg == FetchRequest(applied + 1)
+    eff = p.step(Received(fetch.dst, FetchReply((), applied, True)), 2)
+    assert [e.msg for e in eff.send] == [Join(applied)]
+    return p, fetch
+
+
+def test_a_snapshot_begun_after_asking_to_join_leaves_no_past_timer() -> None:
+    """The network duplicated a fetch: its second answer says level again, its third finds the member
+    compacted past us meanwhile, so the replica takes a snapshot after all. While it does, the timer of
+    the Join it sent must not count: past, it would have the shell tick in a loop at one instant (found
+    by the simulation: tests/sim/regressions.py, seed 7012185)."""
+    p, fetch = _level_and_joining(9)
+    assert p.step(Received(fetch.dst, FetchReply((), 9, True)), 3).send == ()  # asked to join already
+    compacted = ErrorInfo.of(Compacted("changes from revision 10 were compacted", compact_revision=11))
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 4)
+    assert [e.msg for e in eff.send] == [SnapshotRequest(0, "")]
+    for now in range(5, 5 + 2 * T.join_timeout_ms):
+        eff = p.step(Tick(), now)
+        assert eff.wake_at_ms is not None and eff.wake_at_ms > now, now
+        assert Join(9) not in [e.msg for e in eff.send]  # the snapshot comes first
+    eff = p.step(Received(fetch.dst, SnapshotPage(12, "", (KeyValue("a", b"v", 12, 12, 1),), False)), 600)
+    assert p.applied_revision == 12 and [e.msg for e in eff.send if e.dst != "c"] == [FetchRequest(13)]
+
+
+def test_an_error_answering_an_older_fetch_is_ignored() -> None:
+    """A fetch answered twice: the first answer brought the missing revision, so the second, an error
+    (the member compacted it meanwhile), answers a request already satisfied: no snapshot for it."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=8), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    eff = p.step(Received(fetch.dst, FetchReply(((9, (Put("a", b"1"),)),), 9, True)), 2)
+    assert p.applied_revision == 9 and [e.msg for e in eff.send] == [Join(9)]
+    compacted = ErrorInfo.of(Compacted("changes from revision 9 were compacted", compact_revision=10))
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 3)
+    assert eff.send == () and eff.persist == ()
