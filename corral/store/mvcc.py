@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
-INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revision', 0);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revision', 0), ('history_from', 0);
 """
 
 _COLUMNS = "key, mod_revision, create_revision, version, value, lease"
@@ -143,6 +143,7 @@ class StoreTxn:
         self.revision = store.revision
         self.connection = store._db
         self.compact_revision = store.compact_revision
+        self.history_from = store.history_from
         self.rows_revision = 0  # the newest revision this transaction wrote rows at
 
     def apply(self, writes: Sequence[PreparedWrite], *, revision: int | None = None) -> Applied:
@@ -233,6 +234,9 @@ class StoreTxn:
         db.execute(f"INSERT INTO kv_log (id, {_COLUMNS}) " + _ROWS_WITH_IDS.format(table))
         self._store._load_index()
         self.revision = self.compact_revision = revision
+        # The state at `revision` is whole, but not its changes: a key deleted at `revision` has no
+        # row. Changes are served from the next revision on (seed 7122095).
+        self.history_from = revision + 1
 
     def get(self, key: str) -> KeyValue | None:
         """The key's state as of this transaction (including its own earlier applies)."""
@@ -277,6 +281,7 @@ class MVCCStore:
         (newest_row,) = self._db.execute("SELECT max(id) FROM kv_log").fetchone()
         self._revision: int = max(meta["revision"], revision_of(newest_row or 0))
         self._compact_revision: int = meta["compact_revision"]
+        self._history_from: int = max(meta.get("history_from", 0), self._compact_revision)
         self._index = KeyIndex()
         self._load_index()
 
@@ -295,6 +300,12 @@ class MVCCStore:
     def connection(self) -> sqlite3.Connection:
         """The file's connection, for sibling tables in the same file (the store package only)."""
         return self._db
+
+    @property
+    def history_from(self) -> int:
+        """The oldest revision whose changes are whole: the compaction point, or the revision after an
+        installed snapshot (which holds the state at its revision, not that revision's deletes)."""
+        return self._history_from
 
     @property
     def compact_revision(self) -> int:
@@ -332,9 +343,12 @@ class MVCCStore:
                 self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (tx.revision,))
             if tx.compact_revision != self._compact_revision:
                 self._db.execute("UPDATE meta SET value = ? WHERE name = 'compact_revision'", (tx.compact_revision,))
+            if tx.history_from != self._history_from:
+                self._db.execute("UPDATE meta SET value = ? WHERE name = 'history_from'", (tx.history_from,))
             self._db.execute("COMMIT")
             self._revision = tx.revision
             self._compact_revision = tx.compact_revision
+            self._history_from = tx.history_from
         finally:
             self._in_txn = False
 
@@ -371,7 +385,10 @@ class MVCCStore:
         with self.transaction():
             self._db.executemany("DELETE FROM kv_log WHERE id = ?", self._index.compact(revision))
             self._db.execute("UPDATE meta SET value = ? WHERE name = 'compact_revision'", (revision,))
+            history_from = max(self._history_from, revision)
+            self._db.execute("UPDATE meta SET value = ? WHERE name = 'history_from'", (history_from,))
         self._compact_revision = revision
+        self._history_from = history_from
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -470,14 +487,14 @@ class MVCCStore:
         Each event carries the key's previous state, which is what watches and replica catch-up need.
 
         Raises:
-            Compacted: start_revision below the compaction point (history is gone).
+            Compacted: start_revision below `history_from` (history is gone).
         """
         prefix = validate_prefix(prefix)
         start_revision = validate_revision(start_revision, name="start_revision")
-        if start_revision < self._compact_revision:
+        if start_revision < self._history_from:
             raise Compacted(
-                f"changes from revision {start_revision} were compacted; start at {self._compact_revision} or later",
-                compact_revision=self._compact_revision,
+                f"changes from revision {start_revision} were compacted; start at {self._history_from} or later",
+                compact_revision=self._history_from,
             )
         end = end_revision or self._revision
         start_key = prefix.encode("utf-8")

@@ -105,6 +105,15 @@ _JOIN_TIMER_SPIN = (
     "test_an_error_answering_an_older_fetch_is_ignored. Found by a sweep of seeds 7,000,000-7,019,999"
 )
 
+_SNAPSHOT_HISTORY = (
+    "store: a replica that installed a member's snapshot at revision r took r as its compaction point, so it "
+    "served catch-up fetches from r itself; but a snapshot holds the state at r, not r's changes (a key "
+    "deleted at r has no row), so a replica fetching from r heard 'no changes' there, skipped the delete and "
+    "diverged (check_replicas_equal). Fixed in MVCCStore (history_from: changes from r + 1 after a snapshot); "
+    "tests/store test_history_served_from_a_snapshot_starts_after_its_revision. Found by a sweep of seeds "
+    "7,100,000-7,125,891"
+)
+
 REGRESSIONS: list[tuple[int, str]] = [
     (115, _STALE_ABORT),
     (225, _STALE_ABORT),
@@ -125,4 +134,5 @@ REGRESSIONS: list[tuple[int, str]] = [
     (471, _SEQUENTIAL_MUTUAL),
     (581, _SEQUENTIAL_MUTUAL),
     (7012185, _JOIN_TIMER_SPIN),
+    (7122095, _SNAPSHOT_HISTORY),
 ]

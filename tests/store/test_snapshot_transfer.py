@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import Compacted
+from corral.model import Delete, Put
 from corral.records import SnapshotPageRecord
 from corral.store.replica_log import ReplicaStorage
 
@@ -73,3 +74,33 @@ def test_a_page_is_bounded_in_bytes(tmp_path: Path) -> None:
         store.put(f"big/{i}", b"x" * 1000)
     _, kvs, more = store.snapshot_page(0, "", keys_max=100, bytes_max=2500)
     assert more and 2 <= len(kvs) <= 4
+
+
+def test_history_served_from_a_snapshot_starts_after_its_revision(tmp_path: Path) -> None:
+    """A snapshot holds the state at its revision, not that revision's changes: a key deleted there has
+    no row. So a replica that installed one serves history (catch-up fetches, watches) only from the
+    next revision. Fetched from the snapshot's own revision, it answered "no changes", and the replica
+    fetching skipped the delete and kept a key its peers had not (seed 7122095)."""
+    member = ReplicaStorage(tmp_path / "member.db")
+    member.store.put("gone", b"1")
+    member.store.put("kept", b"2")
+    deleted_at = member.store.delete("gone")  # the snapshot is taken at this revision
+    assert member.fetch(deleted_at, revisions_max=10, bytes_max=1 << 20)[0] == ((deleted_at, (Delete("gone"),)),)
+    revision, kvs, more = member.store.snapshot_page(0, "", keys_max=100, bytes_max=1 << 20)
+    assert (revision, more, [kv.key for kv in kvs]) == (deleted_at, False, ["kept"])
+    joiner = ReplicaStorage(tmp_path / "joiner.db")
+    with joiner.batch() as batch:
+        batch.write([SnapshotPageRecord(revision, tuple(kvs), True, True)])
+    with pytest.raises(Compacted) as refused:
+        joiner.fetch(revision, revisions_max=10, bytes_max=1 << 20)
+    assert refused.value.compact_revision == revision + 1  # where to start instead
+    with pytest.raises(Compacted):
+        joiner.store.changes(revision)
+    assert joiner.store.get("kept", revision=revision) is not None  # reads at the revision itself are whole
+    later = joiner.store.put("new", b"3")
+    assert joiner.fetch(later, revisions_max=10, bytes_max=1 << 20)[0] == ((later, (Put("new", b"3"),)),)
+    joiner.close()
+    reopened = ReplicaStorage(tmp_path / "joiner.db")
+    assert reopened.store.history_from == revision + 1  # durable
+    reopened.store.compact(later)
+    assert reopened.store.history_from == later
