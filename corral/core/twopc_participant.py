@@ -15,7 +15,7 @@ Membership (DESIGN.md "Failures"):
     MEMBER: renews its read lease every lease/4; serves linearizable reads while the lease holds.
     OUTSIDE: fetches committed revisions from a member until level with it, discards what it held in
         doubt (once decided), then asks to Join ──JoinReady(revision)──▶ fetches up to it ──▶ CaughtUp
-        ──LeaseGrant──▶ MEMBER.
+        ──LeaseGrant──▶ MEMBER. Which request goes next, and when, is core/rejoin.py's.
 
 Rules:
 - Never decide alone: a PREPARED transaction stays locked until its decision arrives from the
@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from corral.core.messages import (
     Abort,
     Ack,
-    CaughtUp,
     Commit,
     Effects,
     EffectsBuilder,
@@ -67,8 +66,6 @@ from corral.core.messages import (
     ErrorInfo,
     Event,
     FetchReply,
-    FetchRequest,
-    Join,
     JoinReady,
     LeaseGrant,
     LeaseRequest,
@@ -81,12 +78,12 @@ from corral.core.messages import (
     ResolveReply,
     ResolveRequest,
     SnapshotPage,
-    SnapshotRequest,
     Tick,
     Unreachable,
     Vote,
     writes_digest,
 )
+from corral.core.rejoin import Rejoin, Snapshot, Standing
 from corral.errors import Compacted, Internal, InvalidArgument, Unavailable
 from corral.limits import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, OUTCOMES_REMEMBERED_MAX, Limits, Timeouts
 from corral.model import SEQUENTIAL_DIGITS, PreparedWrite, Put, PutSequential
@@ -121,14 +118,6 @@ class _Prepared:
     asked_at_ms: int | None = None
     coordinator_answered_ms: int | None = None
     decided_revision: int | None = None
-
-
-@dataclass(slots=True)
-class _Snapshot:
-    peer: NodeName
-    revision: int = 0
-    after_key: str = ""
-    sent_ms: int | None = None
 
 
 class Participant:
@@ -168,16 +157,7 @@ class Participant:
         self._outcomes: OrderedDict[TxId, int | None] = OrderedDict(disk.outcomes)
         self._outcomes_max = outcomes_max
         self._forgotten_max = disk.forgotten_max_txid
-        # Rejoining: the revision the coordinator holds writes at (None: not asked yet), the peer
-        # fetched from, and when the last fetch or join request went out.
-        self._join_target: int | None = None
-        self._level_with_peer = False
-        self._fetch_sent_ms: int | None = None
-        self._fetch_from = 0
-        self._join_sent_ms: int | None = None
-        # Catching up past a member's compacted history: the member, the state's revision (0: not
-        # known yet), the last key received, when the last page was asked for.
-        self._snapshot: _Snapshot | None = None
+        self.rejoin = Rejoin(coordinator, timeouts)  # while outside the view (core/rejoin.py)
         self._broken: str | None = None
         # The earliest ask time of an undecided prepare, kept as prepares come (None: not known, work it
         # out). It may be early once its holder is decided; an early wake only costs one tick, which
@@ -200,15 +180,7 @@ class Participant:
             elif isinstance(event, Tick):
                 self._on_tick(out, now_ms)
             elif isinstance(event, Unreachable):
-                if any(isinstance(m, FetchRequest) for m in event.msgs):
-                    self._fetch_sent_ms = None  # ask another member at the next tick
-                snap = self._snapshot
-                if (
-                    snap is not None
-                    and snap.peer == event.dst
-                    and any(isinstance(m, SnapshotRequest) for m in event.msgs)
-                ):
-                    self._snapshot = self._restart_snapshot(event.dst, now_ms)
+                self.rejoin.unreachable(event.dst, event.msgs, self.members, now_ms)
             else:
                 raise Internal(f"participant got unexpected event {type(event).__name__}")
         except Internal as err:
@@ -469,7 +441,7 @@ class Participant:
         self._remember(txid, None)
         return Outcome(txid, OutcomeKind.ABORTED)
 
-    # -- membership, leases, rejoining -------------------------------------------------------------
+    # -- membership, leases, rejoining (the requests: core/rejoin.py) -------------------------------
 
     def _on_lease_grant(self, msg: LeaseGrant) -> None:
         if msg.view < self.view:
@@ -478,9 +450,7 @@ class Participant:
             self.log.info("replica=%s is a member of view %d", self.node, msg.view)
         self.view, self.members = msg.view, msg.members
         self.membership = Membership.MEMBER
-        self._snapshot = None
-        self._join_target = None
-        self._join_sent_ms = None
+        self.rejoin.joined()
         if msg.request_ms:
             self.lease_until_ms = max(self.lease_until_ms, msg.request_ms + msg.lease_ms)
 
@@ -492,55 +462,46 @@ class Participant:
                 "replica=%s is outside view %d (members %s); catching up", self.node, msg.view, msg.members
             )
             self.membership = Membership.OUTSIDE
-            self._level_with_peer = False
-            self._fetch_sent_ms = None
+            self.rejoin.left()
         self.view, self.members = msg.view, msg.members
         self.lease_until_ms = 0
 
     def _on_join_ready(self, out: EffectsBuilder, msg: JoinReady, now_ms: int) -> None:
         if self.membership is not Membership.OUTSIDE:
             return
-        self._join_target = msg.revision
+        self.rejoin.join_ready(msg.revision)
         if msg.txid_high > self._forgotten_max:
             out.persist.append(ForgottenRecord(msg.txid_high, drop_outcomes=True))
             self._forgotten_max = msg.txid_high
             for txid in [t for t in self._outcomes if t <= msg.txid_high]:
                 del self._outcomes[txid]
-        self._fetch_sent_ms = None
         self._progress_rejoin(out, now_ms)
 
     def _on_fetch_reply(self, out: EffectsBuilder, src: NodeName, msg: FetchReply, now_ms: int) -> None:
         if self.membership is not Membership.OUTSIDE:
             return  # a late answer to a fetch made while catching up
-        self._fetch_sent_ms = None
-        if self._fetch_from != self.applied_revision + 1:
-            return  # an answer to an older request (its error too: seed 7012185)
+        if not self.rejoin.answers_last_fetch(self.applied_revision):
+            return
         if msg.error is not None:
             if msg.error.code == Compacted.code:
                 # The history we miss is gone there: take the member's whole state instead.
                 self.log.warning("replica=%s catching up from a snapshot of %s: %s", self.node, src, msg.error.message)
-                self._snapshot = _Snapshot(src)
+                self.rejoin.snapshot = Snapshot(src)
                 self._progress_rejoin(out, now_ms)
                 return
             # Unavailable: the peer is not a member (just restarted, or left the view); the next tick asks
             # another.
             self.log.warning("replica=%s cannot catch up from %s: %s", self.node, src, msg.error.message)
             return
-        self._level_with_peer = msg.complete
-        if msg.through_revision <= self.applied_revision:
-            self._progress_rejoin(out, now_ms)
-            return
-        revisions = tuple((r, w) for r, w in msg.revisions if r > self.applied_revision)
-        out.persist.append(CaughtUpRecord(revisions, msg.through_revision))
-        self.applied_revision = msg.through_revision
-        # Decisions waiting for order that catching up has now passed: their effect came from the peer.
-        for rev in [r for r in self._decided if r <= self.applied_revision]:
-            self._discard(out, self._prepared[self._decided.pop(rev)])
-        self._apply_in_order(out)
+        self.rejoin.level_with_peer = msg.complete
+        if msg.through_revision > self.applied_revision:
+            revisions = tuple((r, w) for r, w in msg.revisions if r > self.applied_revision)
+            out.persist.append(CaughtUpRecord(revisions, msg.through_revision))
+            self._caught_up_to(out, msg.through_revision)
         self._progress_rejoin(out, now_ms)
 
     def _on_snapshot_page(self, out: EffectsBuilder, src: NodeName, msg: SnapshotPage, now_ms: int) -> None:
-        snap = self._snapshot
+        snap = self.rejoin.snapshot
         if self.membership is not Membership.OUTSIDE or snap is None or src != snap.peer:
             return  # late, or from a snapshot given up
         if msg.after_key != snap.after_key or (snap.revision and msg.revision != snap.revision):
@@ -550,81 +511,40 @@ class Participant:
             # The member cannot serve that state (no longer a member, or compacted past it): start over
             # from another member's current state.
             self.log.warning("replica=%s snapshot from %s abandoned: %s", self.node, src, msg.error.message)
-            self._snapshot = self._restart_snapshot(src, now_ms)
-            self._progress_rejoin(out, now_ms)
-            return
-        if msg.revision <= self.applied_revision:
+            self.rejoin.restart_snapshot(src, self.members, now_ms)
+        elif msg.revision <= self.applied_revision:
             # Not ahead of us (we applied something meanwhile): fetching history may do after all.
-            self._snapshot = None
-            self._level_with_peer = False
-            self._progress_rejoin(out, now_ms)
-            return
-        first = snap.revision == 0
-        snap.revision = msg.revision
-        out.persist.append(SnapshotPageRecord(msg.revision, msg.kvs, first, not msg.more))
-        if msg.more:
-            if msg.kvs:
-                snap.after_key = msg.kvs[-1].key
-            self._progress_rejoin(out, now_ms)
-            return
-        self.log.info("replica=%s installed a snapshot of %s at revision %d", self.node, src, msg.revision)
-        self._snapshot = None
-        self.applied_revision = msg.revision
-        self._level_with_peer = False  # fetch what came after the snapshot
-        for rev in [r for r in self._decided if r <= self.applied_revision]:
-            self._discard(out, self._prepared[self._decided.pop(rev)])
-        self._apply_in_order(out)
+            self.rejoin.snapshot = None
+            self.rejoin.level_with_peer = False
+        else:
+            first = snap.revision == 0
+            snap.revision = msg.revision
+            out.persist.append(SnapshotPageRecord(msg.revision, msg.kvs, first, not msg.more))
+            if msg.more:
+                if msg.kvs:
+                    snap.after_key = msg.kvs[-1].key
+            else:
+                self.log.info("replica=%s installed a snapshot of %s at revision %d", self.node, src, msg.revision)
+                self.rejoin.snapshot = None
+                self.rejoin.level_with_peer = False  # fetch what came after the snapshot
+                self._caught_up_to(out, msg.revision)
         self._progress_rejoin(out, now_ms)
 
-    def _restart_snapshot(self, failed: NodeName, now_ms: int) -> _Snapshot:
-        """A new snapshot, from the start, from another member than the one that failed."""
-        others = [m for m in self.members if m != failed] or list(self.members) or [failed]
-        return _Snapshot(others[now_ms % len(others)])
+    def _caught_up_to(self, out: EffectsBuilder, revision: int) -> None:
+        """Fetched history or a snapshot brought this replica to `revision` (its records persisted)."""
+        self.applied_revision = revision
+        # Decisions waiting for order that catching up has now passed: their effect came from the peer.
+        for rev in [r for r in self._decided if r <= revision]:
+            self._discard(out, self._prepared[self._decided.pop(rev)])
+        self._apply_in_order(out)
+
+    def _standing(self) -> Standing:
+        return Standing(self.members, self.applied_revision, bool(self._decided), bool(self._prepared))
 
     def _progress_rejoin(self, out: EffectsBuilder, now_ms: int) -> None:
-        """While outside: fetch until level with a member, then Join; once JoinReady, report CaughtUp."""
-        if self.membership is not Membership.OUTSIDE or not self.members:
-            return
-        snap = self._snapshot
-        if snap is not None:
-            if snap.sent_ms is None or now_ms - snap.sent_ms >= self.timeouts.resolve_interval_ms:
-                snap.sent_ms = now_ms
-                out.send.append(Envelope(snap.peer, SnapshotRequest(snap.revision, snap.after_key)))
-            return
-        target = self._join_target
-        # A commit decided above what we applied (waiting for order) is history a member has or will have:
-        # whatever a peer's last answer said, we are not level until we have it (seed 6664).
-        behind = (target is not None and self.applied_revision < target) or bool(self._decided)
-        if (target is None and not self._level_with_peer) or behind:
-            if self._fetch_sent_ms is None or now_ms - self._fetch_sent_ms >= self.timeouts.resolve_interval_ms:
-                peer = self.members[(self.applied_revision + now_ms) % len(self.members)]
-                self._fetch_from = self.applied_revision + 1
-                self._fetch_sent_ms = now_ms
-                out.send.append(Envelope(peer, FetchRequest(self._fetch_from)))
-            return
-        if self._prepared:
-            return  # transactions still in doubt from before: they resolve (and are discarded) first
-        if target is not None:
-            out.send.append(Envelope(self.coordinator, CaughtUp(self.applied_revision)))
-            self._join_target = None
-            self._join_sent_ms = now_ms
-            return
-        if self._join_sent_ms is None or now_ms - self._join_sent_ms >= self.timeouts.join_timeout_ms:
-            self._join_sent_ms = now_ms
-            self._level_with_peer = False  # fetch again before the next Join, should this one fail
-            out.send.append(Envelope(self.coordinator, Join(self.applied_revision)))
-
-    def _join_is_next(self) -> bool:
-        """Whether (re)sending Join is the next step of rejoining: where `_progress_rejoin` ends."""
-        return (
-            self.membership is Membership.OUTSIDE
-            and bool(self.members)
-            and self._snapshot is None
-            and self._join_target is None
-            and self._level_with_peer
-            and not self._decided
-            and not self._prepared
-        )
+        """While outside: send the next request of rejoining, if it is due."""
+        if self.membership is Membership.OUTSIDE and self.members:
+            self.rejoin.progress(out, self._standing(), now_ms)
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -717,14 +637,8 @@ class Participant:
             times.append(self._ask_wake)
         if self.membership is Membership.MEMBER and self.lease_until_ms:
             times.append(self.lease_until_ms)
-        if self.membership is Membership.OUTSIDE:
-            if self._fetch_sent_ms is not None:
-                times.append(self._fetch_sent_ms + self.timeouts.resolve_interval_ms)
-            if self._snapshot is not None and self._snapshot.sent_ms is not None:
-                times.append(self._snapshot.sent_ms + self.timeouts.resolve_interval_ms)
-            if self._join_sent_ms is not None and self._join_is_next():
-                # Only while joining is the next step: a timer left from an earlier Join, once past,
-                # would have the shell tick in a loop while a fetch or a snapshot is still unanswered
-                # (seed 7012185: a snapshot begun after the Join).
-                times.append(self._join_sent_ms + self.timeouts.join_timeout_ms)
+        if self.membership is Membership.OUTSIDE and self.members:
+            rejoin = self.rejoin.wake_ms(self._standing())
+            if rejoin is not None:
+                times.append(rejoin)
         return min(times)

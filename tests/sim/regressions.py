@@ -100,9 +100,11 @@ _JOIN_TIMER_SPIN = (
     "and then Compacted (the member had compacted meanwhile); it began a snapshot, and its next wake time "
     "still counted the Join's timer, which passed while the snapshot was under way: the shell ticked in a "
     "loop at one instant. Fixed in Participant._next_wake (the Join's timer counts only while joining is the "
-    "next step, _join_is_next) and _on_fetch_reply (an error answering an older fetch is ignored too); "
-    "tests/core test_a_snapshot_begun_after_asking_to_join_leaves_no_past_timer and "
-    "test_an_error_answering_an_older_fetch_is_ignored. Found by a sweep of seeds 7,000,000-7,019,999"
+    "next step, _join_is_next; since then core/rejoin.py keeps only the next step's timer) and _on_fetch_reply "
+    "(an error answering an older fetch is ignored too); tests/core: "
+    "test_a_snapshot_begun_after_asking_to_join_leaves_no_past_timer, "
+    "test_an_error_answering_an_older_fetch_is_ignored and test_rejoin.py. "
+    "Found by a sweep of seeds 7,000,000-7,019,999"
 )
 
 _SNAPSHOT_HISTORY = (
