@@ -252,25 +252,43 @@ class Phase:
         return self.ops / self.seconds if self.seconds else 0.0
 
 
-def start_corral(tmp: Path, launch: Launch | None = None) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
-    """A 3-replica cluster in `tmp`, its nodes started by `launch` (default: as `corral cluster up` does)."""
+def start_corral(
+    tmp: Path, launch: Launch | None = None, *, ready_s: float = 30
+) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
+    """A 3-replica cluster in `tmp`, its nodes started by `launch` (default: as `corral cluster up` does).
+    If it is not healthy within `ready_s`, its nodes are stopped and SystemExit says which were down."""
     from corral.cli.cluster import start_node, wait_healthy
     from corral.client import Client
     from corral.config import new_cluster
 
     config = new_cluster(tmp / "corral", replicas=3)
     config.save()
-    procs = [(launch or start_node)(config, name) for name in config.nodes]
-    with Client(config.path) as c:
-        down = wait_healthy(c, set(config.nodes), 30)
-    if down:
-        raise SystemExit(f"corral nodes did not start: {down}")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs += [(launch or start_node)(config, name) for name in config.nodes]
+        with Client(config.path) as c:
+            down = wait_healthy(c, set(config.nodes), ready_s)
+        if down:
+            logs = config.directory / "logs"
+            tails = "".join(f"\n  {name}: {_last_line(logs / f'{name}.log')}" for name in sorted(down))
+            raise SystemExit(f"corral nodes did not start: {sorted(down)}; the last line each logged:{tails}")
+    except BaseException:
+        stop(procs)  # the caller never gets them, so nothing may outlive a failed start
+        raise
     endpoints: dict[str, object] = {
         "coordinator": config.coordinator.address,
         "replicas": [r.address for r in config.replicas],
         "wires": [(n.address, n.peer_address) for n in config.nodes.values()],
     }
     return endpoints, procs
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError as err:
+        return f"(no log: {err.strerror})"
+    return lines[-1] if lines else "(empty log)"
 
 
 def start_etcd(tmp: Path, binary: str) -> tuple[dict[str, object], list[subprocess.Popen[bytes]]]:
@@ -313,7 +331,11 @@ def start_etcd(tmp: Path, binary: str) -> tuple[dict[str, object], list[subproce
         )
     members = [f"127.0.0.1:{client_ports[n]}" for n in names]
     gen_dir = tmp / "etcd-gen"
-    _wait_etcd(members, gen_dir)
+    try:
+        _wait_etcd(members, gen_dir)
+    except BaseException:
+        stop(procs)
+        raise
     return {"members": members, "gen_dir": str(gen_dir)}, procs
 
 

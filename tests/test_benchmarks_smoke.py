@@ -52,6 +52,21 @@ def test_two_clusters_clients_take_turns_in_bursts(tmp_path: Path) -> None:
     assert all(0 < x < 30 for x in a + b)
 
 
+def test_a_cluster_that_does_not_come_up_is_stopped_and_its_nodes_named(tmp_path: Path) -> None:
+    """A failed start must not leave nodes running (three clusters of a failed A/B run once did)."""
+    from benchmarks import kv_bench
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def never_ready(config: object, name: str) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return started[-1]
+
+    with pytest.raises(SystemExit, match=r"did not start: \['coordinator', 'replica-1'"):
+        kv_bench.start_corral(tmp_path, never_ready, ready_s=0.5)
+    assert len(started) == 4 and all(p.poll() is not None for p in started)
+
+
 def test_put_path_traces_puts_and_prints_its_phases() -> None:
     """The critical-path breakdown starts its stamped cluster, traces puts and prints every phase."""
     argv = ["benchmarks/put_path.py", "--duration", "0.5"]
