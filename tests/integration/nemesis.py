@@ -8,6 +8,7 @@ looked for where it must be. Jepsen's approach on one machine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -19,8 +20,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from corral.client.aio import Endpoints
+from corral.client.aio import AsyncClient, Endpoints
 from corral.limits import Timeouts
+from corral.model import KeyValue
 from corral.sim.linearizability import CheckResult, Operation, OpKind, check
 from tests.integration.harness import TEST_TIMEOUTS, LocalCluster
 from tests.integration.nemesis_client import KEYS
@@ -31,7 +33,17 @@ NEMESIS_TIMEOUTS: Timeouts = replace(TEST_TIMEOUTS, read_lease_ms=800, join_time
 # Between two faults the cluster gets this long to recover and serve (seconds, drawn uniformly).
 QUIET_S = (1.0, 3.0)
 FAULT_KINDS = ("kill-coordinator", "kill-replica", "stop-replica")
-CHECK_BUDGET_S = 120.0
+LOST_WRITE_READS = 64  # reads in flight at once when looking for every acknowledged write
+
+
+def check_budget_s(seconds: float) -> float:
+    """The linearizability check's time budget for a run of `seconds`: its history grows with the run."""
+    return max(120.0, seconds / 4)
+
+
+def timeout_s(seconds: float) -> float:
+    """A whole run of `seconds`: start-up, the run, healing, the check and the lost-write reads."""
+    return seconds + check_budget_s(seconds) + 180 + seconds / 4
 
 
 @dataclass
@@ -41,12 +53,15 @@ class NemesisResult:
     check: CheckResult
     lost_writes: list[str] = field(default_factory=list)
     digests: set[tuple[int, str]] = field(default_factory=set)
+    check_s: float = 0.0  # how long the linearizability check took
+    lost_writes_s: float = 0.0  # and the search for every acknowledged write
 
     def summary(self) -> str:
         ok = sum(1 for o in self.operations if o["status"] == "ok")
         unknown = sum(1 for o in self.operations if o["status"] == "unknown")
         return (
-            f"{len(self.operations)} operations ({ok} ok, {unknown} unknown), {len(self.faults)} faults: "
+            f"{len(self.operations)} operations ({ok} ok, {unknown} unknown), {len(self.faults)} faults "
+            f"(checked in {self.check_s:.1f} s, writes found in {self.lost_writes_s:.1f} s): "
             f"{', '.join(self.faults[:12])}{' ...' if len(self.faults) > 12 else ''}"
         )
 
@@ -181,8 +196,12 @@ def run_nemesis(
         operations = [json.loads(line) for f in sorted(out_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
         operations += _final_reads(cluster)
         history = [op for i, rec in enumerate(operations) if (op := to_operation(rec, i)) is not None]
-        result = NemesisResult(operations, nemesis.faults, check(history, time_budget_s=CHECK_BUDGET_S))
+        started = time.monotonic()
+        result = NemesisResult(operations, nemesis.faults, check(history, time_budget_s=check_budget_s(seconds)))
+        result.check_s = time.monotonic() - started
+        started = time.monotonic()
         result.lost_writes = _lost_writes(cluster, operations)
+        result.lost_writes_s = time.monotonic() - started
         st = cluster.status()
         result.digests = {(st[r].revision, st[r].digest) for r in cluster.replicas}
         return result
@@ -227,17 +246,28 @@ def _final_reads(cluster: LocalCluster) -> list[dict[str, object]]:
 
 
 def _lost_writes(cluster: LocalCluster, operations: list[dict[str, object]]) -> list[str]:
-    """Every acknowledged put (and successful cas) must be in every replica's history, at its revision."""
+    """Every acknowledged put (and successful cas) must be in every replica's history, at its revision.
+
+    The reads go LOST_WRITE_READS at a time: one after another, a 30-minute soak's ~10^5 acknowledged
+    writes took longer than the whole run (and its test timed out in this check)."""
     acked = [
         o for o in operations if o["status"] == "ok" and (o["kind"] == "put" or (o["kind"] == "cas" and o["output"]))
     ]
+
+    async def read_all(aio: AsyncClient) -> list[KeyValue | None]:
+        window = asyncio.Semaphore(LOST_WRITE_READS)
+
+        async def one(o: dict[str, object]) -> KeyValue | None:
+            async with window:
+                return await aio.get(str(o["key"]), revision=_int(o["revision"]), serializable=True)
+
+        return await asyncio.gather(*(one(o) for o in acked))
+
     lost = []
     for node in cluster.config.replicas:
-        endpoints = Endpoints(cluster.config.coordinator.address, (node.address,), ())
         with cluster.client(timeout=10) as c:
-            c.aio.endpoints = endpoints
-            for o in acked:
-                kv = c.get(str(o["key"]), revision=_int(o["revision"]), serializable=True)
+            c.aio.endpoints = Endpoints(cluster.config.coordinator.address, (node.address,), ())
+            for o, kv in zip(acked, c.run(read_all(c.aio)), strict=True):
                 if kv is None or kv.value.decode() != o["value"] or kv.mod_revision != o["revision"]:
                     lost.append(f"{node.name}: {o['key']}={o['value']} at revision {o['revision']} (found {kv})")
     return lost

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.nemesis import FAULT_KINDS, run_nemesis
+from tests.integration.nemesis import FAULT_KINDS, run_nemesis, timeout_s
 
 SECONDS = float(os.environ.get("CORRAL_SOAK_SECONDS", "40"))
 
 
-@pytest.mark.timeout(SECONDS + 300)
+@pytest.mark.timeout(timeout_s(SECONDS))
 def test_history_under_faults_is_linearizable_and_loses_nothing(tmp_path: Path) -> None:
     result = run_nemesis(tmp_path, seconds=SECONDS, clients=8, seed=int(os.environ.get("CORRAL_SEED", "7")))
     print(result.summary())
