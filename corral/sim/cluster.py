@@ -56,6 +56,7 @@ from corral.core.messages import (
     Received,
     ResolveReply,
     ResolveRequest,
+    SnapshotPage,
     Tick,
     TxnSpec,
     Unreachable,
@@ -78,6 +79,7 @@ from corral.sim.nodes import (
     replica_batch,
     serve_reads,
 )
+from corral.sim.observation import replica_history
 from corral.sim.recorder import Recorder
 from corral.sim.sessions import Sessions
 from corral.sim.workload import COORD, Workload
@@ -503,6 +505,12 @@ class SimCluster:
     def _replica_batch(self, node: SimNode, events: Sequence[Event]) -> None:
         """The replica shell (`nodes.replica_batch`): one storage batch for all events, then the sends."""
         assert node.part is not None and node.storage is not None
+        if any(isinstance(e, Received) and isinstance(e.msg, SnapshotPage) and not e.msg.more for e in events):
+            # A snapshot's last page may replace the store: keep its history for the checkers first, as a
+            # compaction does (observation.replica_history).
+            stores = {n: r.storage for n, r in self.replicas.items() if r.storage is not None}
+            kept = replica_history(stores, self.rec.archives, node.name)
+            self.rec.archives[node.name] = (node.storage.revision, kept)
         bounds = (self.cfg.fetch_revisions_max, self.cfg.fetch_bytes_max)
         eff, stepped = replica_batch(node.part, node.storage, events, node.local(self.now), bounds)
         self.replica_records[node.name].extend(eff.persist)

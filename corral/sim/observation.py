@@ -177,21 +177,42 @@ Archive = tuple[int, list[Event]]
 def replica_history(stores: Mapping[str, ReplicaStorage], archives: Mapping[str, Archive], name: str) -> list[Event]:
     """Every change `name` applied, in revision order: what was archived before a compaction, then its store.
 
-    A replica that installed a member's snapshot at revision S has no history of its own up to S; up to S
-    it is given the history of a replica that has it all (what that snapshot stands for). Its state at S is
-    still checked: by the final digests, and by the previous values its own changes after S carry."""
+    A replica that installed a member's snapshot at revision S has no history of its own from where its
+    archive ends up to S (its store's history starts at S + 1). Those revisions it is given from the other
+    replicas, whichever holds them: each archive is whole up to its end, and each store from its
+    `history_from` (it may itself have come from a snapshot: seed 7139933 had every replica install one in
+    turn). Its state at S is still checked: by the final digests, and by the previous values its own
+    changes after S carry."""
     store = stores[name].store
     end, archived = archives.get(name, (0, []))
-    if store.compact_revision > end:
-        snapshot = store.compact_revision
-        donor = next(
-            n
-            for n in sorted(stores)
-            if stores[n].store.compact_revision <= archives.get(n, (0, []))[0] and stores[n].revision >= snapshot
-        )
-        archived = [e for e in replica_history(stores, archives, donor) if e.kv.mod_revision <= snapshot]
-        end = snapshot
+    if store.history_from > end + 1:
+        archived = [*archived, *_held_elsewhere(stores, archives, name, end + 1, store.history_from - 1)]
+        end = store.history_from - 1
     return [*archived, *store.changes(end + 1)]
+
+
+def _held_elsewhere(
+    stores: Mapping[str, ReplicaStorage], archives: Mapping[str, Archive], name: str, first: int, last: int
+) -> list[Event]:
+    """The changes of revisions `first`..`last`, from replicas other than `name` that hold them."""
+    out: list[Event] = []
+    revision = first
+    while revision <= last:
+        for n in sorted(stores):
+            held_to, held = archives.get(n, (0, []))
+            storage = stores[n]
+            if n != name and revision <= held_to:
+                upto = min(held_to, last)
+                out += [e for e in held if revision <= e.kv.mod_revision <= upto]
+                break
+            if n != name and max(1, storage.store.history_from) <= revision <= storage.revision:
+                upto = min(storage.revision, last)
+                out += storage.store.changes(revision, end_revision=upto)
+                break
+        else:
+            raise InvariantViolation(f"no replica holds the changes of revision {revision} (for {name}'s history)")
+        revision = upto + 1
+    return out
 
 
 # -- the model -------------------------------------------------------------------------------------------
