@@ -160,7 +160,7 @@ class Observation:
     lease_history: Sequence[LeaseOpRecord] = ()
     live_leases: frozenset[int] = frozenset()  # live in the coordinator's log after quiescence
     clock_skew: float = 0.0  # every node's clock runs at a rate within 1 +- this of virtual time
-    archives: Mapping[str, Archive] = field(default_factory=dict)  # history kept before each compaction
+    archives: Mapping[str, Archive] = field(default_factory=dict)  # history kept before compactions, snapshots
     _changes: dict[str, list[Event]] = field(default_factory=dict)
 
     def changes(self, replica: str) -> list[Event]:
@@ -170,7 +170,7 @@ class Observation:
         return self._changes[replica]
 
 
-# A replica's history up to a revision, kept by the simulator just before it compacted that replica.
+# A replica's history up to a revision, kept by the simulator before a compaction or a snapshot replaced it.
 Archive = tuple[int, list[Event]]
 
 

@@ -35,7 +35,7 @@ class Recorder:
         self.commit_times: dict[int, int] = {}  # revision -> virtual time its decision was logged
         self.lease_ends: list[LeaseEnd] = []
         self.lease_steps: list[LeaseStep] = []
-        self.archives: dict[str, Archive] = {}  # each replica's history kept before it was compacted
+        self.archives: dict[str, Archive] = {}  # each replica's history kept before a compaction or snapshot
 
     def coordinator_started(self, epoch: int, leases: Sequence[tuple[int, int]], local_ms: int, at_ms: int) -> None:
         """A new epoch found `leases` (id, ttl) live in its log: each one's TTL starts now."""
