@@ -198,14 +198,14 @@ def _held_elsewhere(
     out: list[Event] = []
     revision = first
     while revision <= last:
-        for n in sorted(stores):
+        for n in sorted((set(stores) | set(archives)) - {name}):  # a replica down now still has its archive
             held_to, held = archives.get(n, (0, []))
-            storage = stores[n]
-            if n != name and revision <= held_to:
+            storage = stores.get(n)
+            if revision <= held_to:
                 upto = min(held_to, last)
                 out += [e for e in held if revision <= e.kv.mod_revision <= upto]
                 break
-            if n != name and max(1, storage.store.history_from) <= revision <= storage.revision:
+            if storage is not None and max(1, storage.store.history_from) <= revision <= storage.revision:
                 upto = min(storage.revision, last)
                 out += storage.store.changes(revision, end_revision=upto)
                 break
