@@ -505,12 +505,22 @@ class SimCluster:
     def _replica_batch(self, node: SimNode, events: Sequence[Event]) -> None:
         """The replica shell (`nodes.replica_batch`): one storage batch for all events, then the sends."""
         assert node.part is not None and node.storage is not None
-        if any(isinstance(e, Received) and isinstance(e.msg, SnapshotPage) and not e.msg.more for e in events):
-            # A snapshot's last page may replace the store: keep its history for the checkers first, as a
-            # compaction does (observation.replica_history).
+        snap = node.part.rejoin.snapshot
+        if snap is not None and any(
+            isinstance(e, Received) and e.src == snap.peer and isinstance(e.msg, SnapshotPage) and not e.msg.more
+            for e in events
+        ):
+            # The last page of the snapshot under way may replace the store: keep its history for the
+            # checkers first, as a compaction does (observation.replica_history). Not for a late page of an
+            # older snapshot (seed 7185387), and not when what it got by an earlier snapshot is only held
+            # by replicas that are down right now: its archive stays as it was.
             stores = {n: r.storage for n, r in self.replicas.items() if r.storage is not None}
-            kept = replica_history(stores, self.rec.archives, node.name)
-            self.rec.archives[node.name] = (node.storage.revision, kept)
+            try:
+                kept = replica_history(stores, self.rec.archives, node.name)
+            except InvariantViolation:
+                pass
+            else:
+                self.rec.archives[node.name] = (node.storage.revision, kept)
         bounds = (self.cfg.fetch_revisions_max, self.cfg.fetch_bytes_max)
         eff, stepped = replica_batch(node.part, node.storage, events, node.local(self.now), bounds)
         self.replica_records[node.name].extend(eff.persist)

@@ -125,6 +125,14 @@ _SNAPSHOT_CHAIN = (
     "snapshot from whichever replica holds them. Found by a sweep of seeds 7,095,670-7,139,933"
 )
 
+_LATE_LAST_PAGE = (
+    "simulator: a late last page of a snapshot already installed reached r1 while the replicas holding the "
+    "revision it had got by that snapshot were down; the simulator archived r1's history for every last page "
+    "and could not rebuild it then (InvariantViolation: no replica holds revision 5). It now archives only "
+    "for the last page of the snapshot under way, and keeps the archive it has when the holders are down. "
+    "Found by a sweep of seeds 7,144,317-7,185,387, which ran on the first version of the archive (971a43b)"
+)
+
 REGRESSIONS: list[tuple[int, str]] = [
     (115, _STALE_ABORT),
     (225, _STALE_ABORT),
@@ -147,4 +155,5 @@ REGRESSIONS: list[tuple[int, str]] = [
     (7012185, _JOIN_TIMER_SPIN),
     (7122095, _SNAPSHOT_HISTORY),
     (7139933, _SNAPSHOT_CHAIN),
+    (7185387, _LATE_LAST_PAGE),
 ]
