@@ -1,6 +1,7 @@
 """A replica outside the view finding its way back in: which request it sends next, and when.
 
-    OUTSIDE ──fetch from a member until level with it (snapshot pages instead, past its compaction)──▶
+    OUTSIDE ──fetch from a member until level with it (snapshot pages instead, once every member
+           has compacted the history it misses)──▶
     level, nothing held in doubt ──Join──▶ (the coordinator holds new writes) ──JoinReady(revision)──▶
     fetch up to that revision ──CaughtUp──▶ (the coordinator admits it) ──LeaseGrant──▶ MEMBER
 
@@ -76,6 +77,8 @@ class Rejoin:
         self.fetch_sent_ms: int | None = None
         self.join_sent_ms: int | None = None  # the last Join or CaughtUp
         self.snapshot: Snapshot | None = None
+        # Members that answered the fetch from `fetch_from` with Compacted: the next fetch asks another.
+        self.compacted: set[NodeName] = set()
 
     def joined(self) -> None:
         """A member again (or still): nothing more to do here."""
@@ -87,6 +90,7 @@ class Rejoin:
         """Just found outside the view: start by fetching."""
         self.level_with_peer = False
         self.fetch_sent_ms = None
+        self.compacted.clear()
 
     def join_ready(self, revision: int) -> None:
         """The coordinator holds writes at `revision`: fetch up to it (at once), then report."""
@@ -98,6 +102,14 @@ class Rejoin:
         error included, is ignored: seed 7012185). Either way the next fetch may go out at once."""
         self.fetch_sent_ms = None
         return self.fetch_from == applied + 1
+
+    def fetch_compacted(self, src: NodeName, members: Sequence[NodeName]) -> bool:
+        """`src` compacted the history the last fetch asked for: whether every member has, so only a
+        snapshot will do. Until then the next fetch asks a member that has not said so: one that
+        installed a snapshot serves history only after it, while another may still hold all of it, and
+        a whole state costs far more than the revisions missed (seed 7139933 chained three snapshots)."""
+        self.compacted.add(src)
+        return set(members) <= self.compacted
 
     def restart_snapshot(self, failed: NodeName, members: Sequence[NodeName], now_ms: int) -> None:
         """A new snapshot, from the start, from another member than the one that failed."""
@@ -122,7 +134,10 @@ class Rejoin:
             snap.sent_ms = now_ms
             out.send.append(Envelope(snap.peer, SnapshotRequest(snap.revision, snap.after_key)))
         elif step is Step.FETCH:
-            peer = s.members[(s.applied + now_ms) % len(s.members)]
+            if self.fetch_from != s.applied + 1:
+                self.compacted.clear()  # a new fetch: every member may serve it again
+            askable = [m for m in s.members if m not in self.compacted] or s.members
+            peer = askable[(s.applied + now_ms) % len(askable)]
             self.fetch_from = s.applied + 1
             self.fetch_sent_ms = now_ms
             out.send.append(Envelope(peer, FetchRequest(self.fetch_from)))

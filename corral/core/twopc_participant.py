@@ -484,7 +484,12 @@ class Participant:
             return
         if msg.error is not None:
             if msg.error.code == Compacted.code:
-                # The history we miss is gone there: take the member's whole state instead.
+                if not self.rejoin.fetch_compacted(src, self.members):
+                    # Gone there; another member may still have it (the next fetch goes at once).
+                    self.log.info("replica=%s history compacted on %s; asking another member", self.node, src)
+                    self._progress_rejoin(out, now_ms)
+                    return
+                # The history we miss is gone on every member: take a member's whole state instead.
                 self.log.warning("replica=%s catching up from a snapshot of %s: %s", self.node, src, msg.error.message)
                 self.rejoin.snapshot = Snapshot(src)
                 self._progress_rejoin(out, now_ms)

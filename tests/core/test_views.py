@@ -207,39 +207,75 @@ def test_outside_replica_catches_up_then_joins() -> None:
     assert p.membership is Membership.MEMBER and not p.can_serve_linearizable(5)  # no lease asked yet
 
 
+def _other(member: str) -> str:
+    return "r1" if member == "r2" else "r2"
+
+
+def _compacted_everywhere(p: Participant, fetch: Envelope, now: int, compact_revision: int = 8) -> tuple[Effects, str]:
+    """Answer `fetch` with Compacted, then the fetch that follows (to the other member) too: the
+    effects of the second answer, and the member it came from."""
+    compacted = ErrorInfo.of(Compacted("compacted", compact_revision=compact_revision))
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), now)
+    assert [e for e in eff.send] == [Envelope(_other(fetch.dst), fetch.msg)]
+    return p.step(Received(_other(fetch.dst), FetchReply((), 0, False, compacted)), now), _other(fetch.dst)
+
+
 def test_outside_replica_behind_a_compaction_installs_a_snapshot_then_catches_up() -> None:
-    """The history a joiner misses is compacted on the member: it takes the member's whole state page
+    """The history a joiner misses is compacted on every member: it takes a member's whole state page
     by page (pages of one revision, in key order), installs it, then fetches what came after."""
     p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
     p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
     (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
     compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=8))
     eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
-    assert [e for e in eff.send] == [Envelope(fetch.dst, SnapshotRequest(0, ""))]
+    src = _other(fetch.dst)
+    assert [e for e in eff.send] == [Envelope(src, FetchRequest(3))]  # the other member may still have it
+    eff = p.step(Received(src, FetchReply((), 0, False, compacted)), 2)
+    assert [e for e in eff.send] == [Envelope(src, SnapshotRequest(0, ""))]
     a, b, c = (KeyValue(k, b"v", 1, 5, 1) for k in ("a", "b", "c"))
-    eff = p.step(Received(fetch.dst, SnapshotPage(9, "", (a, b), True)), 3)
+    eff = p.step(Received(src, SnapshotPage(9, "", (a, b), True)), 3)
     assert eff.persist == (SnapshotPageRecord(9, (a, b), True, False),)
     assert [e.msg for e in eff.send] == [SnapshotRequest(9, "b")]  # the same state, after the last key
     assert p.applied_revision == 2  # nothing installed yet
     # A late answer to the first request changes nothing.
-    assert p.step(Received(fetch.dst, SnapshotPage(9, "", (a, b), True)), 4).persist == ()
-    eff = p.step(Received(fetch.dst, SnapshotPage(9, "b", (c,), False)), 5)
+    assert p.step(Received(src, SnapshotPage(9, "", (a, b), True)), 4).persist == ()
+    eff = p.step(Received(src, SnapshotPage(9, "b", (c,), False)), 5)
     assert eff.persist == (SnapshotPageRecord(9, (c,), False, True),)
     assert p.applied_revision == 9
     assert [e.msg for e in eff.send if e.dst != "c"] == [FetchRequest(10)]
+
+
+def test_a_member_that_compacted_is_passed_over_for_one_that_has_the_history() -> None:
+    """One member serves history only after a snapshot it installed (or compacted); the other still has
+    the revisions missed: they are fetched from it, no whole state is copied (seed 7139933 chained
+    three snapshots where fetching would have done)."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=5))
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
+    other = _other(fetch.dst)
+    assert [e for e in eff.send] == [Envelope(other, FetchRequest(3))]
+    history = ((3, (Put("a", b"1"),)), (4, (Put("b", b"2"),)))
+    eff = p.step(Received(other, FetchReply(history, 4, True)), 3)
+    assert eff.persist == (CaughtUpRecord(history, 4),) and p.applied_revision == 4
+    assert [e.msg for e in eff.send] == [Join(4)]
+    assert p.rejoin.snapshot is None
+    # The next fetch (from revision 5, once the coordinator holds writes at 6) may ask either member.
+    eff = p.step(Received("c", JoinReady(6, 99)), 4)
+    assert [e.msg for e in eff.send] == [FetchRequest(5)] and not p.rejoin.compacted
 
 
 def test_snapshot_from_a_member_that_fails_starts_over_from_another() -> None:
     p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
     p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
     (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
-    compacted = ErrorInfo.of(Compacted("compacted", compact_revision=8))
-    p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
+    _, src = _compacted_everywhere(p, fetch, 2)
     first = KeyValue("a", b"v", 1, 5, 1)
-    p.step(Received(fetch.dst, SnapshotPage(9, "", (first,), True)), 3)
+    p.step(Received(src, SnapshotPage(9, "", (first,), True)), 3)
     gone = ErrorInfo.of(Unavailable("not a member"))
-    eff = p.step(Received(fetch.dst, SnapshotPage(9, "a", (), False, gone)), 4)
-    other = "r1" if fetch.dst == "r2" else "r2"
+    eff = p.step(Received(src, SnapshotPage(9, "a", (), False, gone)), 4)
+    other = _other(src)
     assert [e for e in eff.send] == [Envelope(other, SnapshotRequest(0, ""))]  # from the start
     eff = p.step(Received(other, SnapshotPage(12, "", (first,), False)), 5)
     assert eff.persist == (SnapshotPageRecord(12, (first,), True, True),)  # first: clears the old pages
@@ -439,8 +475,8 @@ def test_a_snapshot_not_ahead_of_the_joiner_is_dropped_for_fetching() -> None:
     p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=9), timeouts=T)
     p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
     (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
-    p.step(Received(fetch.dst, FetchReply((), 0, False, ErrorInfo.of(Compacted("gone", compact_revision=8)))), 2)
-    eff = p.step(Received(fetch.dst, SnapshotPage(9, "", (), False)), 3)
+    _, src = _compacted_everywhere(p, fetch, 2)
+    eff = p.step(Received(src, SnapshotPage(9, "", (), False)), 3)
     assert eff.persist == () and p.applied_revision == 9
     assert [e.msg for e in eff.send if isinstance(e.msg, FetchRequest)] == [FetchRequest(10)]
 
@@ -458,19 +494,22 @@ def _level_and_joining(applied: int) -> tuple[Participant, Envelope]:
 
 def test_a_snapshot_begun_after_asking_to_join_leaves_no_past_timer() -> None:
     """The network duplicated a fetch: its second answer says level again, its third finds the member
-    compacted past us meanwhile, so the replica takes a snapshot after all. While it does, the timer of
-    the Join it sent must not count: past, it would have the shell tick in a loop at one instant (found
-    by the simulation: tests/sim/regressions.py, seed 7012185)."""
+    compacted past us meanwhile, and so has the other member, so the replica takes a snapshot after
+    all. While it does, the timer of the Join it sent must not count: past, it would have the shell
+    tick in a loop at one instant (found by the simulation: tests/sim/regressions.py, seed 7012185)."""
     p, fetch = _level_and_joining(9)
     assert p.step(Received(fetch.dst, FetchReply((), 9, True)), 3).send == ()  # asked to join already
     compacted = ErrorInfo.of(Compacted("changes from revision 10 were compacted", compact_revision=11))
     eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 4)
+    assert eff.send == ()  # the other member may have it: asked when the Join is answered
+    src = _other(fetch.dst)
+    eff = p.step(Received(src, FetchReply((), 0, False, compacted)), 4)  # it has compacted too
     assert [e.msg for e in eff.send] == [SnapshotRequest(0, "")]
     for now in range(5, 5 + 2 * T.join_timeout_ms):
         eff = p.step(Tick(), now)
         assert eff.wake_at_ms is not None and eff.wake_at_ms > now, now
         assert Join(9) not in [e.msg for e in eff.send]  # the snapshot comes first
-    eff = p.step(Received(fetch.dst, SnapshotPage(12, "", (KeyValue("a", b"v", 12, 12, 1),), False)), 600)
+    eff = p.step(Received(src, SnapshotPage(12, "", (KeyValue("a", b"v", 12, 12, 1),), False)), 600)
     assert p.applied_revision == 12 and [e.msg for e in eff.send if e.dst != "c"] == [FetchRequest(13)]
 
 
