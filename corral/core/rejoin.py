@@ -77,8 +77,9 @@ class Rejoin:
         self.fetch_sent_ms: int | None = None
         self.join_sent_ms: int | None = None  # the last Join or CaughtUp
         self.snapshot: Snapshot | None = None
-        # Members that answered the fetch from `fetch_from` with Compacted: the next fetch asks another.
-        self.compacted: set[NodeName] = set()
+        # Where members said their history starts (a fetch answered Compacted): a fetch from below that
+        # asks another member. It only moves up (compactions, snapshots installed), so it stays true.
+        self.history_from: dict[NodeName, int] = {}
 
     def joined(self) -> None:
         """A member again (or still): nothing more to do here."""
@@ -90,7 +91,6 @@ class Rejoin:
         """Just found outside the view: start by fetching."""
         self.level_with_peer = False
         self.fetch_sent_ms = None
-        self.compacted.clear()
 
     def join_ready(self, revision: int) -> None:
         """The coordinator holds writes at `revision`: fetch up to it (at once), then report."""
@@ -103,13 +103,17 @@ class Rejoin:
         self.fetch_sent_ms = None
         return self.fetch_from == applied + 1
 
-    def fetch_compacted(self, src: NodeName, members: Sequence[NodeName]) -> bool:
-        """`src` compacted the history the last fetch asked for: whether every member has, so only a
-        snapshot will do. Until then the next fetch asks a member that has not said so: one that
-        installed a snapshot serves history only after it, while another may still hold all of it, and
-        a whole state costs far more than the revisions missed (seed 7139933 chained three snapshots)."""
-        self.compacted.add(src)
-        return set(members) <= self.compacted
+    def fetch_compacted(self, src: NodeName, history_from: int, members: Sequence[NodeName]) -> bool:
+        """`src` keeps history only from `history_from` on, past what the last fetch asked for: whether
+        every member is known to, so only a snapshot will do. Until then fetches ask the others: one
+        that installed a snapshot serves history only after it, while another may still hold all of it,
+        and a whole state costs far more than the revisions missed (seed 7139933 chained three)."""
+        self.history_from[src] = max(self.history_from.get(src, 0), history_from, self.fetch_from + 1)
+        return not self._may_serve(members)
+
+    def _may_serve(self, members: Sequence[NodeName]) -> list[NodeName]:
+        """The members not known to have compacted the history the next fetch asks for."""
+        return [m for m in members if self.history_from.get(m, 0) <= self.fetch_from]
 
     def restart_snapshot(self, failed: NodeName, members: Sequence[NodeName], now_ms: int) -> None:
         """A new snapshot, from the start, from another member than the one that failed."""
@@ -134,11 +138,9 @@ class Rejoin:
             snap.sent_ms = now_ms
             out.send.append(Envelope(snap.peer, SnapshotRequest(snap.revision, snap.after_key)))
         elif step is Step.FETCH:
-            if self.fetch_from != s.applied + 1:
-                self.compacted.clear()  # a new fetch: every member may serve it again
-            askable = [m for m in s.members if m not in self.compacted] or s.members
-            peer = askable[(s.applied + now_ms) % len(askable)]
             self.fetch_from = s.applied + 1
+            askable = self._may_serve(s.members) or s.members
+            peer = askable[(s.applied + now_ms) % len(askable)]
             self.fetch_sent_ms = now_ms
             out.send.append(Envelope(peer, FetchRequest(self.fetch_from)))
         elif step is Step.CAUGHT_UP:

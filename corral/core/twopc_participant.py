@@ -484,7 +484,9 @@ class Participant:
             return
         if msg.error is not None:
             if msg.error.code == Compacted.code:
-                if not self.rejoin.fetch_compacted(src, self.members):
+                history_from = msg.error.details.get("compact_revision")
+                history_from = history_from if isinstance(history_from, int) else 0
+                if not self.rejoin.fetch_compacted(src, history_from, self.members):
                     # Gone there; another member may still have it (the next fetch goes at once).
                     self.log.info("replica=%s history compacted on %s; asking another member", self.node, src)
                     self._progress_rejoin(out, now_ms)

@@ -263,7 +263,24 @@ def test_a_member_that_compacted_is_passed_over_for_one_that_has_the_history() -
     assert p.rejoin.snapshot is None
     # The next fetch (from revision 5, once the coordinator holds writes at 6) may ask either member.
     eff = p.step(Received("c", JoinReady(6, 99)), 4)
-    assert [e.msg for e in eff.send] == [FetchRequest(5)] and not p.rejoin.compacted
+    assert [e.msg for e in eff.send] == [FetchRequest(5)]  # from either: both keep history from 5 on
+
+
+def test_a_member_known_to_have_compacted_is_not_asked_again_below_its_history() -> None:
+    """Its answer said where its history starts: the pages that follow from the other member, below that
+    revision, all come from the other member, whichever the rotation would have picked."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=10))
+    eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
+    other = _other(fetch.dst)
+    for applied in range(3, 9):
+        assert [e for e in eff.send] == [Envelope(other, FetchRequest(applied))]
+        page = ((applied, (Put("a", str(applied).encode()),)),)
+        now = 100 + 2 * applied  # the rotation alone would pick each member in turn
+        eff = p.step(Received(other, FetchReply(page, applied, False)), now)  # more to come
+    assert p.applied_revision == 8 and p.rejoin.snapshot is None
 
 
 def test_snapshot_from_a_member_that_fails_starts_over_from_another() -> None:
