@@ -27,7 +27,7 @@ from corral.core.leases import LeaseInfo
 from corral.core.messages import TxnSpec
 from corral.errors import CorralError, InvalidArgument, Unavailable
 from corral.frozen import frozen
-from corral.limits import DEFAULT_LIMITS, Limits
+from corral.limits import DEFAULT_LIMITS, WATCH_SILENT_S, Limits
 from corral.model import (
     Compare,
     Delete,
@@ -51,6 +51,14 @@ DEFAULT_TIMEOUT_S = 10.0
 # Backoff between attempts after a transport failure: grows to the cap, with full jitter.
 RETRY_BACKOFF_BASE_S = 0.02
 RETRY_BACKOFF_CAP_S = 0.5
+# A read not answered within this long is also sent to the next replica (a read changes nothing, so
+# the first answer wins): a frozen replica (SIGSTOP, a stalled VM) keeps its connection open and would
+# hold the read to its deadline. A live replica answers far sooner, unless the key is locked by a
+# prepared transaction, and then the other replica waits for the same decision.
+READ_HEDGE_S = 1.0
+# A replica that left a read unanswered that long is asked last, for this long.
+READ_SUSPECT_S = 10.0
+_Reads = dict[asyncio.Future[pb.RangeResponse], str]  # the attempts of one read under way -> their replica
 _TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -155,6 +163,7 @@ class AsyncClient:
             lambda calls: pb.TxnCalls(calls=calls),
         )
         self._reads: dict[str, CallStream[pb.RangeRequest, pb.RangeResponse]] = {}
+        self._suspects: dict[str, float] = {}  # replica -> when it last left a read unanswered (READ_HEDGE_S)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -303,35 +312,68 @@ class AsyncClient:
 
     async def _read(self, request: pb.RangeRequest, timeout: float | None) -> pb.RangeResponse:
         """A read from a random replica; one that cannot answer (down, or no read lease) sends it to
-        the next, until the deadline. A key in doubt keeps a replica waiting to the deadline, so its
-        refusal is what the caller sees."""
+        the next, until the deadline, and one silent for READ_HEDGE_S has the next asked as well. A key
+        in doubt keeps a replica waiting to the deadline, so its refusal is what the caller sees."""
         deadline = self._deadline(timeout)
-        attempt = 0
         last: CorralError | None = None
-        while True:
-            replicas = list(self.endpoints.replicas)
-            self._rng.shuffle(replicas)
-            for address in replicas:
+        running: _Reads = {}
+        order: list[str] = []
+        rounds = 0
+        try:
+            while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise last or Unavailable("no replica answered the read before the deadline")
-                try:
-                    response = await self._read_stream(address).call(request, remaining)
-                except StreamBroken as err:
-                    if err.code not in _TRANSPORT_CODES:
-                        raise Unavailable(f"replica {address} failed: {err}") from None
-                    if last is None or not last.details.get("replica"):  # a replica's own reason says more
-                        last = Unavailable(f"no replica answered the read before the deadline ({address}: {err})")
+                if not running and not order:  # every replica failed just now: back off, then again
+                    if rounds:
+                        await asyncio.sleep(min(self._backoff(rounds - 1), remaining))
+                    order = self._read_order()
+                    rounds += 1
                     continue
-                if response.error.code:
-                    failure = error_from_pb(response.error).to_error()
-                    if not isinstance(failure, Unavailable):
-                        raise failure
-                    last = failure
+                if not running:
+                    self._start_read(running, order.pop(0), request, remaining)
+                wait_s = min(READ_HEDGE_S, remaining) if order else remaining
+                done, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    now = time.monotonic()
+                    for address in running.values():
+                        self._suspects[address] = now
+                    if order:
+                        self._start_read(running, order.pop(0), request, deadline - now)
                     continue
-                return response
-            await asyncio.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
-            attempt += 1
+                for attempt in done:
+                    address = running.pop(attempt)
+                    try:
+                        response = attempt.result()
+                    except StreamBroken as err:
+                        if err.code not in _TRANSPORT_CODES:
+                            raise Unavailable(f"replica {address} failed: {err}") from None
+                        if last is None or not last.details.get("replica"):  # a replica's own reason says more
+                            last = Unavailable(f"no replica answered the read before the deadline ({address}: {err})")
+                        continue
+                    self._suspects.pop(address, None)
+                    if response.error.code:
+                        failure = error_from_pb(response.error).to_error()
+                        if not isinstance(failure, Unavailable):
+                            raise failure
+                        last = failure
+                        continue
+                    return response
+        finally:
+            for attempt in running:  # answered elsewhere first: abandoned (a failure is read, not logged)
+                if attempt.done() and not attempt.cancelled():
+                    attempt.exception()
+                attempt.cancel()
+
+    def _start_read(self, running: _Reads, address: str, request: pb.RangeRequest, timeout_s: float) -> None:
+        running[self._read_stream(address).start(request, timeout_s)] = address
+
+    def _read_order(self) -> list[str]:
+        """The replicas in random order, those that left a read unanswered lately (READ_SUSPECT_S) last."""
+        replicas = list(self.endpoints.replicas)
+        self._rng.shuffle(replicas)
+        since = time.monotonic() - READ_SUSPECT_S
+        return sorted(replicas, key=lambda address: self._suspects.get(address, since) > since)
 
     async def get(
         self, key: str, *, revision: int = 0, serializable: bool = False, timeout: float | None = None
@@ -437,7 +479,8 @@ class AsyncClient:
         self, key: str, *, prefix: bool = False, start_revision: int = 0, prev_kv: bool = False
     ) -> AsyncGenerator[Event, None]:
         """Every change to `key` (or every key under it, with `prefix`) from `start_revision` (0: from
-        now), in revision order, with no gaps and no duplicates. If the replica serving it fails, the
+        now), in revision order, with no gaps and no duplicates. If the replica serving it fails, is
+        cut off from the coordinator (it ends the stream) or freezes (silent for WATCH_SILENT_S), the
         watch resumes on another one from the next revision, by itself.
 
         Raises:
@@ -451,14 +494,19 @@ class AsyncClient:
         next_revision = start_revision
         attempt = 0
         while True:
-            replicas = list(self.endpoints.replicas)
-            self._rng.shuffle(replicas)
-            for address in replicas:
+            for address in self._read_order():
                 stub = pb_grpc.ClientStub(self._channel(address))
                 request = pb.WatchRequest(key=key, prefix=prefix, start_revision=next_revision, prev_kv=prev_kv)
                 call = stub.Watch(request)
                 try:
-                    async for response in call:
+                    while True:
+                        try:
+                            response = await asyncio.wait_for(call.read(), WATCH_SILENT_S)
+                        except TimeoutError:  # no progress report in time: a frozen replica keeps its connection open
+                            self._suspects[address] = time.monotonic()
+                            break
+                        if not isinstance(response, pb.WatchResponse) or response.error.code == Unavailable.code:
+                            break  # ended (EOF), or no read lease there: another replica carries on
                         raise_if_error(response.error)
                         for event in response.events:
                             yield event_from_pb(event)

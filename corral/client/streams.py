@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -98,15 +99,21 @@ class CallStream(Generic[_Req, _Resp]):
         self._soon: list[_CallMsg] = []
 
     async def call(self, request: _Req, timeout_s: float) -> _Resp:
-        """Send one write and wait for its answer.
+        """Send one call and wait for its answer.
 
         Raises:
             StreamBroken: no answer (stream failure or `timeout_s`); `sent` says if it may have applied.
         """
-        if self._session is None or self._session.done():
-            self._session = asyncio.get_running_loop().create_task(self._run(), name="corral-writes")
-        call_id = next(self._ids)
+        return await self.start(request, timeout_s)
+
+    def start(self, request: _Req, timeout_s: float) -> asyncio.Future[_Resp]:
+        """Send one call (written now, or with the others of this loop iteration): the future gets its
+        answer, or StreamBroken as `call` says. Cancelling the future abandons the call. No task: a
+        read hedged across replicas (aio.py) waits on several of these at once."""
         loop = asyncio.get_running_loop()
+        if self._session is None or self._session.done():
+            self._session = loop.create_task(self._run(), name="corral-writes")
+        call_id = next(self._ids)
         fut: asyncio.Future[_Resp] = loop.create_future()
         self._futures[call_id] = fut
         call = self._wrap(call_id, request, max(1, int(timeout_s * 1000)))
@@ -121,17 +128,19 @@ class CallStream(Generic[_Req, _Resp]):
             self._outbox.put_nowait(call)
         # A timer that fails the future, not wait_for (which wraps every call in more futures and
         # callbacks: measurable at thousands of calls per second).
-        timer = loop.call_later(timeout_s, _expire, fut)
-        try:
-            return await fut
-        except TimeoutError:
-            raise StreamBroken(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "no answer before the deadline", sent=call_id in self._written
-            ) from None
-        finally:
-            timer.cancel()
-            self._futures.pop(call_id, None)
-            self._written.discard(call_id)
+        timer = loop.call_later(timeout_s, self._expire, call_id, fut)
+        fut.add_done_callback(functools.partial(self._settled, call_id, timer))
+        return fut
+
+    def _expire(self, call_id: int, fut: asyncio.Future[_Resp]) -> None:
+        if not fut.done():
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            fut.set_exception(StreamBroken(code, "no answer before the deadline", sent=call_id in self._written))
+
+    def _settled(self, call_id: int, timer: asyncio.TimerHandle, _: asyncio.Future[_Resp]) -> None:
+        timer.cancel()
+        self._futures.pop(call_id, None)
+        self._written.discard(call_id)
 
     def _write_soon(self) -> None:
         calls, self._soon = self._soon, []
@@ -199,11 +208,6 @@ class CallStream(Generic[_Req, _Resp]):
                 await self._session
             except (asyncio.CancelledError, StreamBroken):
                 pass
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
 
 
 def _refused(err: StreamBroken) -> bool:

@@ -38,6 +38,7 @@ from corral.core.messages import (
 )
 from corral.core.twopc_participant import Membership, Participant
 from corral.errors import CorralError, Internal, InvalidArgument, Unavailable
+from corral.limits import WATCH_PROGRESS_S
 from corral.model import validate_key, validate_prefix, validate_revision
 from corral.records import AbortedRecord, CommittedRecord, PreparedRecord, Record
 from corral.rpc import corral_pb2 as pb
@@ -62,9 +63,7 @@ from corral.store.replica_log import ReplicaStorage
 
 log = logging.getLogger(__name__)
 
-# A watch stream says how far it has covered at least this often, so a client resuming elsewhere
-# starts from there; and sends at most this many revisions per message.
-WATCH_PROGRESS_S = 1.0
+# A watch stream sends at most this many revisions per message.
 WATCH_REVISIONS_MAX = 1000
 
 # How long a read waits for a read lease that is about to be granted (a replica that just started,
@@ -260,7 +259,10 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
 
     async def Watch(self, request: pb.WatchRequest, context: Context) -> AsyncIterator[pb.WatchResponse]:
         """Committed events from start_revision on, in revision order, then live as commits apply;
-        an empty response every WATCH_PROGRESS_S says how far the stream has covered."""
+        an empty response every WATCH_PROGRESS_S says how far the stream has covered. A replica
+        without a read lease (cut off from the coordinator, or outside the view) ends the stream
+        with Unavailable instead: its silence would pass for "nothing new" while commits go on
+        elsewhere, and the client resumes on another replica from where this one left off."""
         store = self.storage.store
         try:
             key = validate_prefix(request.key) if request.prefix else validate_key(request.key)
@@ -269,16 +271,28 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
             yield pb.WatchResponse(error=error_to_pb(err))
             return
         next_revision = start or store.revision + 1
+        loop = asyncio.get_running_loop()
+        sent = loop.time()  # when the stream last said something (the client takes silence for death)
         self.watches_open += 1
         try:
             while True:
                 changed = self._changed
                 head = store.revision
                 if head < next_revision:
+                    quiet = loop.time() - sent
+                    if quiet < WATCH_PROGRESS_S:
+                        # Woken by any change (lease grants too, every lease/4), not only commits: the
+                        # progress report is due by the clock, not by a quiet second.
+                        with suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), WATCH_PROGRESS_S - quiet)
+                        continue
                     try:
-                        await asyncio.wait_for(changed.wait(), WATCH_PROGRESS_S)
-                    except TimeoutError:
-                        yield pb.WatchResponse(revision=next_revision - 1)
+                        await self._wait_for_lease(LEASE_WAIT_S)
+                    except Unavailable as err:
+                        yield pb.WatchResponse(error=error_to_pb(err))
+                        return
+                    yield pb.WatchResponse(revision=next_revision - 1)
+                    sent = loop.time()
                     continue
                 end = min(head, next_revision + WATCH_REVISIONS_MAX - 1)
                 try:
@@ -289,6 +303,7 @@ class ReplicaService(PeerEndpoint, pb_grpc.ClientServicer, pb_grpc.PeerServicer,
                 if not request.prefix:
                     events = [e for e in events if e.kv.key == key]
                 yield pb.WatchResponse(events=[event_to_pb(e, with_prev=request.prev_kv) for e in events], revision=end)
+                sent = loop.time()
                 next_revision = end + 1
         finally:
             self.watches_open -= 1
