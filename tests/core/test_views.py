@@ -207,6 +207,15 @@ def test_outside_replica_catches_up_then_joins() -> None:
     assert p.membership is Membership.MEMBER and not p.can_serve_linearizable(5)  # no lease asked yet
 
 
+def _outside_fetching(applied: int) -> tuple[Participant, Envelope]:
+    """A replica at `applied` told at t=0 it is outside view 2 (members r1, r2), and its first fetch,
+    sent at the tick at t=1."""
+    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=applied), timeouts=T)
+    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
+    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    return p, fetch
+
+
 def _other(member: str) -> str:
     return "r1" if member == "r2" else "r2"
 
@@ -223,9 +232,7 @@ def _compacted_everywhere(p: Participant, fetch: Envelope, now: int, compact_rev
 def test_outside_replica_behind_a_compaction_installs_a_snapshot_then_catches_up() -> None:
     """The history a joiner misses is compacted on every member: it takes a member's whole state page
     by page (pages of one revision, in key order), installs it, then fetches what came after."""
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(2)
     compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=8))
     eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
     src = _other(fetch.dst)
@@ -249,9 +256,7 @@ def test_a_member_that_compacted_is_passed_over_for_one_that_has_the_history() -
     """One member serves history only after a snapshot it installed (or compacted); the other still has
     the revisions missed: they are fetched from it, no whole state is copied (seed 7139933 chained
     three snapshots where fetching would have done)."""
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(2)
     compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=5))
     eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
     other = _other(fetch.dst)
@@ -269,9 +274,7 @@ def test_a_member_that_compacted_is_passed_over_for_one_that_has_the_history() -
 def test_a_member_known_to_have_compacted_is_not_asked_again_below_its_history() -> None:
     """Its answer said where its history starts: the pages that follow from the other member, below that
     revision, all come from the other member, whichever the rotation would have picked."""
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(2)
     compacted = ErrorInfo.of(Compacted("changes from revision 3 were compacted", compact_revision=10))
     eff = p.step(Received(fetch.dst, FetchReply((), 0, False, compacted)), 2)
     other = _other(fetch.dst)
@@ -284,9 +287,7 @@ def test_a_member_known_to_have_compacted_is_not_asked_again_below_its_history()
 
 
 def test_snapshot_from_a_member_that_fails_starts_over_from_another() -> None:
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=2), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(2)
     _, src = _compacted_everywhere(p, fetch, 2)
     first = KeyValue("a", b"v", 1, 5, 1)
     p.step(Received(src, SnapshotPage(9, "", (first,), True)), 3)
@@ -489,9 +490,7 @@ def test_outside_replica_with_a_commit_waiting_for_order_keeps_fetching() -> Non
 
 
 def test_a_snapshot_not_ahead_of_the_joiner_is_dropped_for_fetching() -> None:
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=9), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(9)
     _, src = _compacted_everywhere(p, fetch, 2)
     eff = p.step(Received(src, SnapshotPage(9, "", (), False)), 3)
     assert eff.persist == () and p.applied_revision == 9
@@ -500,9 +499,7 @@ def test_a_snapshot_not_ahead_of_the_joiner_is_dropped_for_fetching() -> None:
 
 def _level_and_joining(applied: int) -> tuple[Participant, Envelope]:
     """An outside replica at `applied` that fetched, heard it is level, and asked to join at t=2."""
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=applied), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(applied)
     assert fetch.msg == FetchRequest(applied + 1)
     eff = p.step(Received(fetch.dst, FetchReply((), applied, True)), 2)
     assert [e.msg for e in eff.send] == [Join(applied)]
@@ -533,9 +530,7 @@ def test_a_snapshot_begun_after_asking_to_join_leaves_no_past_timer() -> None:
 def test_an_error_answering_an_older_fetch_is_ignored() -> None:
     """A fetch answered twice: the first answer brought the missing revision, so the second, an error
     (the member compacted it meanwhile), answers a request already satisfied: no snapshot for it."""
-    p = Participant("r3", "c", NODES, ParticipantDisk(applied_revision=8), timeouts=T)
-    p.step(Received("c", NotMember(2, ("r1", "r2"))), 0)
-    (fetch,) = [e for e in p.step(Tick(), 1).send if isinstance(e.msg, FetchRequest)]
+    p, fetch = _outside_fetching(8)
     eff = p.step(Received(fetch.dst, FetchReply(((9, (Put("a", b"1"),)),), 9, True)), 2)
     assert p.applied_revision == 9 and [e.msg for e in eff.send] == [Join(9)]
     compacted = ErrorInfo.of(Compacted("changes from revision 9 were compacted", compact_revision=10))

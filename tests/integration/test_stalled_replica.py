@@ -7,6 +7,7 @@ client's side; a cut-off replica is alive and answers, but no commit reaches it 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ READ_TIMEOUT_S = 5.0
 EVENT_WAIT_S = 20.0
 
 
-async def _watching(c: AsyncClient, cluster: LocalCluster) -> tuple[list[Event], asyncio.Task[None], str]:
+async def _watching(c: AsyncClient) -> tuple[list[Event], asyncio.Task[None], str]:
     """A watch on "k" that has delivered one event, the task filling its list, and the replica
     serving it."""
     revision = await c.put("k", "0")
@@ -43,32 +44,47 @@ async def _watching(c: AsyncClient, cluster: LocalCluster) -> tuple[list[Event],
     return events, task, serving[0]
 
 
-def test_reads_and_watches_go_on_while_a_replica_is_frozen(tmp_path: Path) -> None:
-    """The replica serving a watch is SIGSTOPped: every read is still answered (a read it holds is
-    also sent to another replica), and the watch resumes elsewhere once the frozen one is silent
-    past its progress interval, with the write made meanwhile, and nothing twice."""
+Scenario = Callable[[AsyncClient, LocalCluster, list[Event], str], Awaitable[None]]
+
+
+def _run_with_a_watch(tmp_path: Path, body: Scenario) -> None:
+    """Start a cluster, open a watch on "k" that has delivered one event, then run `body` with the
+    client, the cluster, the watch's events (filled as they come) and the replica serving it."""
 
     async def scenario(cluster: LocalCluster) -> None:
         c = await connect_async(cluster.path, timeout=READ_TIMEOUT_S)
         try:
-            events, task, frozen = await _watching(c, cluster)
-            cluster.pause(frozen)
+            events, task, serving = await _watching(c)
             try:
-                for _ in range(12):
-                    kv = await c.get("k")
-                    assert kv is not None and kv.value == b"1"
-                await c.put("k", "2", timeout=15)  # once the view has dropped the frozen replica
-                await until(lambda: len(events) == 2, EVENT_WAIT_S)
-                assert [e.kv.value for e in events] == [b"1", b"2"]
+                await body(c, cluster, events, serving)
             finally:
-                cluster.resume(frozen)
-            task.cancel()
+                task.cancel()
         finally:
             await c.close()
 
     with local_cluster(tmp_path, timeouts=TIMEOUTS) as cluster:
         cluster.start()
         eventloop.run(asyncio.wait_for(scenario(cluster), SCENARIO_TIMEOUT_S))
+
+
+def test_reads_and_watches_go_on_while_a_replica_is_frozen(tmp_path: Path) -> None:
+    """The replica serving a watch is SIGSTOPped: every read is still answered (a read it holds is
+    also sent to another replica), and the watch resumes elsewhere once the frozen one is silent
+    past its progress interval, with the write made meanwhile, and nothing twice."""
+
+    async def body(c: AsyncClient, cluster: LocalCluster, events: list[Event], frozen: str) -> None:
+        cluster.pause(frozen)
+        try:
+            for _ in range(12):
+                kv = await c.get("k")
+                assert kv is not None and kv.value == b"1"
+            await c.put("k", "2", timeout=15)  # once the view has dropped the frozen replica
+            await until(lambda: len(events) == 2, EVENT_WAIT_S)
+            assert [e.kv.value for e in events] == [b"1", b"2"]
+        finally:
+            cluster.resume(frozen)
+
+    _run_with_a_watch(tmp_path, body)
 
 
 def test_a_watch_on_a_cut_off_replica_moves_to_one_that_has_the_writes(tmp_path: Path) -> None:
@@ -76,22 +92,14 @@ def test_a_watch_on_a_cut_off_replica_moves_to_one_that_has_the_writes(tmp_path:
     between them): it is alive and answers, but no commit reaches it. Without its read lease it ends
     the stream, and the watch resumes on a member, which delivers the write made without it."""
 
-    async def scenario(cluster: LocalCluster) -> None:
-        c = await connect_async(cluster.path, timeout=READ_TIMEOUT_S)
-        try:
-            events, task, cut_off = await _watching(c, cluster)
-            await c.set_failpoint(cut_off, "replica.recv.coordinator", "drop")
-            await c.set_failpoint(cut_off, "replica.send_other.coordinator", "drop")
-            await c.put("k", "2", timeout=15)  # once the view has dropped the cut-off replica
-            await until(lambda: len(events) == 2, EVENT_WAIT_S)
-            assert [e.kv.value for e in events] == [b"1", b"2"]
-            task.cancel()
-        finally:
-            await c.close()
+    async def body(c: AsyncClient, cluster: LocalCluster, events: list[Event], cut_off: str) -> None:
+        await c.set_failpoint(cut_off, "replica.recv.coordinator", "drop")
+        await c.set_failpoint(cut_off, "replica.send_other.coordinator", "drop")
+        await c.put("k", "2", timeout=15)  # once the view has dropped the cut-off replica
+        await until(lambda: len(events) == 2, EVENT_WAIT_S)
+        assert [e.kv.value for e in events] == [b"1", b"2"]
 
-    with local_cluster(tmp_path, timeouts=TIMEOUTS) as cluster:
-        cluster.start()
-        eventloop.run(asyncio.wait_for(scenario(cluster), SCENARIO_TIMEOUT_S))
+    _run_with_a_watch(tmp_path, body)
 
 
 def test_an_idle_watch_stays_on_its_replica(tmp_path: Path) -> None:
@@ -99,20 +107,12 @@ def test_an_idle_watch_stays_on_its_replica(tmp_path: Path) -> None:
     the stream's progress reports keep the client from taking it for dead, so it stays where it is
     (a watch that moved every few seconds would cost a reconnect and a catch-up read each time)."""
 
-    async def scenario(cluster: LocalCluster) -> None:
-        c = await connect_async(cluster.path, timeout=READ_TIMEOUT_S)
-        try:
-            _, task, serving = await _watching(c, cluster)
-            loop = asyncio.get_running_loop()
-            until_s = loop.time() + 2.5 * WATCH_SILENT_S  # the scenario's length, not a synchronisation
-            while loop.time() < until_s:
-                open_now = {s.name: s.watches_open for s in await c.status() if s.role == "replica"}
-                assert open_now[serving] == 1 and sum(open_now.values()) == 1, open_now
-                await asyncio.sleep(0.25)
-            task.cancel()
-        finally:
-            await c.close()
+    async def body(c: AsyncClient, cluster: LocalCluster, events: list[Event], serving: str) -> None:
+        loop = asyncio.get_running_loop()
+        until_s = loop.time() + 2.5 * WATCH_SILENT_S  # the scenario's length, not a synchronisation
+        while loop.time() < until_s:
+            open_now = {s.name: s.watches_open for s in await c.status() if s.role == "replica"}
+            assert open_now[serving] == 1 and sum(open_now.values()) == 1, open_now
+            await asyncio.sleep(0.25)
 
-    with local_cluster(tmp_path, timeouts=TIMEOUTS) as cluster:
-        cluster.start()
-        eventloop.run(asyncio.wait_for(scenario(cluster), SCENARIO_TIMEOUT_S))
+    _run_with_a_watch(tmp_path, body)
