@@ -136,13 +136,20 @@ def elect(config: str, name: str, ttl: float, out: str, worker: str) -> None:
         _block_until_terminated(resign)
 
 
-async def produce(config: str, name: str, count: int, out: str, producer: str) -> None:
+async def produce(config: str, name: str, count: int, out: str, producer: str, *, pause_ms: int = 0) -> None:
+    """Put `count` items (`<producer>-<i>`), `pause_ms` apart, fewer if SIGTERM comes first (it ends
+    the loop between two puts); then record how many."""
     record = Recorder(out, producer=producer)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     client = await connect_async(config, timeout=REQUEST_TIMEOUT_S)
     queue = Queue(client, name)
-    for i in range(count):
-        await queue.put(f"{producer}-{i}")
-    record("produced", count=count)
+    put = 0
+    while put < count and not stopping.is_set():
+        await queue.put(f"{producer}-{put}")
+        put += 1
+        await asyncio.sleep(pause_ms / 1000)
+    record("produced", count=put)
     await client.close()
 
 
@@ -239,7 +246,8 @@ def main(argv: list[str]) -> None:
     elif role == "elect":
         elect(config, args[0], float(args[1]), args[2], args[3])
     elif role == "produce":
-        eventloop.run(produce(config, args[0], int(args[1]), args[2], args[3]))
+        pause_ms = int(args[4]) if len(args) > 4 else 0
+        eventloop.run(produce(config, args[0], int(args[1]), args[2], args[3], pause_ms=pause_ms))
     elif role == "consume":
         eventloop.run(
             consume(config, args[0], out=args[1], consumer=args[2], ttl=float(args[3]), stall_after=int(args[4]))

@@ -12,13 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import LocalCluster, local_cluster
+from tests.integration.harness import LocalCluster, local_cluster, wait_until
 
 ROOT = Path(__file__).parents[2]
 
@@ -40,6 +40,39 @@ def append_record(path: Path, event: str, **fields: Any) -> float:
     finally:
         os.close(fd)
     return now
+
+
+def crash_servers_under(cluster: LocalCluster, done: Callable[[], int], what: str) -> None:
+    """Fail the servers one way after another while clients work: the coordinator killed -9 and
+    restarted, a replica killed -9 (then restarted), another paused until the view drops it (then
+    resumed), the coordinator killed again. Before the first fault and after each step, `done()` (the
+    clients' finished operations so far) must grow by 3: `what` goes on during and after each fault."""
+
+    def goes_on(after: str) -> None:
+        seen = done()
+        wait_until(lambda: done() >= seen + 3, 60, f"{what} to go on after {after}")
+
+    def view() -> tuple[str, ...]:
+        return cluster.status()["coordinator"].view_members
+
+    first, second, _ = cluster.replicas
+    goes_on("the start")
+    cluster.kill("coordinator")
+    cluster.start("coordinator")
+    goes_on("a coordinator crash")
+    cluster.kill(first)
+    goes_on(f"{first} was killed")
+    cluster.start(first)
+    goes_on(f"{first} restarted")
+    cluster.pause(second)
+    wait_until(lambda: second not in view(), 30, f"the view to drop the paused {second}")
+    goes_on(f"{second} left the view")
+    cluster.resume(second)
+    cluster.wait_up(second)
+    goes_on(f"{second} rejoined")
+    cluster.kill("coordinator")
+    cluster.start("coordinator")
+    goes_on("the second coordinator crash")
 
 
 class ClientProcesses:

@@ -4,6 +4,7 @@ even when a consumer dies holding one)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from corral.client import connect_async
 from corral.errors import InvalidArgument, LeaseExpired
 from corral.model import KeyValue
 from corral.recipes import BlockingCounter, BlockingQueue, Counter, Queue, WaitTimeout
-from tests.integration.harness import LocalCluster, wait_until
-from tests.recipes.conftest import ClientProcesses, read_records
+from tests.integration.harness import LocalCluster, local_cluster, wait_until
+from tests.recipes.conftest import ClientProcesses, crash_servers_under, read_records
 from tests.recipes.test_lock import run
 
 
@@ -152,3 +153,36 @@ def test_three_producers_three_consumers_one_killed_mid_item(clients: ClientProc
     assert len(ackers) == 1 and ackers[0] != "victim", "the dead consumer's item was not taken over"
     for proc in consumers:
         assert proc.poll() is None, "a consumer died"
+
+
+# Longer than any outage of `crash_servers_under`: no consumer's session may lapse.
+FAULT_TTL_S = 10.0
+
+
+@pytest.mark.timeout(400)
+def test_every_item_is_acked_once_while_servers_crash(tmp_path: Path) -> None:
+    """2 producers (an item every 20 ms) and 3 consumers work while the servers fail under them
+    (`crash_servers_under`): puts and acks that time out are retried by the SDK with the same request
+    id, so every item put is acked exactly once, and acks go on during and after each fault."""
+    with local_cluster(tmp_path / "cluster") as cluster:
+        cluster.start()
+        procs = ClientProcesses(cluster, tmp_path)
+        try:
+            out = tmp_path / "queue.jsonl"
+            consumers = [procs.start("consume", "faults", out, f"c{i}", FAULT_TTL_S, -1) for i in range(3)]
+            producers = [procs.start("produce", "faults", 100_000, out, f"p{i}", 20) for i in range(2)]
+
+            def acked() -> list[str]:
+                return [r["value"] for r in read_records(out) if r["ev"] == "acked"]
+
+            crash_servers_under(cluster, lambda: len(acked()), "acks")
+            for proc in producers:
+                proc.send_signal(signal.SIGTERM)  # stop putting (between two puts)
+            procs.wait_all(producers, 60)
+            counts = {r["producer"]: r["count"] for r in read_records(out) if r["ev"] == "produced"}
+            expected = sorted(f"{p}-{i}" for p, n in counts.items() for i in range(n))
+            wait_until(lambda: len(acked()) >= len(expected), 60, f"{len(expected)} items acked")
+            assert sorted(acked()) == expected, "an item was lost or acked twice"
+            assert all(proc.poll() is None for proc in consumers), "a consumer died"
+        finally:
+            procs.close()

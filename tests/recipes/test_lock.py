@@ -16,7 +16,7 @@ from corral.client import connect_async
 from corral.errors import FailedPrecondition, LeaseExpired
 from corral.recipes import BlockingLock, Lock, WaitTimeout
 from tests.integration.harness import LocalCluster, local_cluster, wait_until
-from tests.recipes.conftest import ClientProcesses, append_record, read_records
+from tests.recipes.conftest import ClientProcesses, append_record, crash_servers_under, read_records
 from tests.waiting import until
 
 SCENARIO_TIMEOUT_S = 60.0
@@ -214,42 +214,16 @@ FAULT_ROUNDS = 60  # acquisitions per process: enough to outlast the faults
 
 @pytest.mark.timeout(400)
 def test_holders_never_overlap_while_servers_crash(tmp_path: Path) -> None:
-    """6 processes take the lock in turn while the servers fail under them: the coordinator killed -9
-    and restarted (twice), a replica killed -9 and restarted, another paused until the view drops it
-    and then resumed. Still no overlap, tokens strictly increase, every acquisition completes, and the
-    lock changes hands during and after each fault."""
+    """6 processes take the lock in turn while the servers fail under them (`crash_servers_under`):
+    still no overlap, tokens strictly increase, every acquisition completes, and the lock changes
+    hands during and after each fault."""
     with local_cluster(tmp_path / "cluster") as cluster:
         cluster.start()
         procs = ClientProcesses(cluster, tmp_path)
         try:
             shared = tmp_path / "resource.jsonl"
             workers = [procs.start("lock", "faults", FAULT_ROUNDS, FAULT_TTL_S, shared, f"w{i}", 50) for i in range(6)]
-
-            def changes_hands(after: str) -> None:
-                seen = _enters(shared)
-                wait_until(lambda: _enters(shared) >= seen + 3, 60, f"the lock to change hands after {after}")
-
-            def view() -> tuple[str, ...]:
-                return cluster.status()["coordinator"].view_members
-
-            first, second, _ = cluster.replicas
-            changes_hands("the start")
-            cluster.kill("coordinator")
-            cluster.start("coordinator")
-            changes_hands("a coordinator crash")
-            cluster.kill(first)
-            changes_hands(f"{first} was killed")
-            cluster.start(first)
-            changes_hands(f"{first} restarted")
-            cluster.pause(second)
-            wait_until(lambda: second not in view(), 30, f"the view to drop the paused {second}")
-            changes_hands(f"{second} left the view")
-            cluster.resume(second)
-            cluster.wait_up(second)
-            changes_hands(f"{second} rejoined")
-            cluster.kill("coordinator")
-            cluster.start("coordinator")
-            changes_hands("the second coordinator crash")
+            crash_servers_under(cluster, lambda: _enters(shared), "the lock changing hands")
             procs.wait_all(workers, 180)
             records = read_records(shared)
             tokens = check_mutual_exclusion(records)
