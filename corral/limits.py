@@ -104,7 +104,6 @@ MIN_REPLICAS = 2
 # Client requests held while a replica joins the view; beyond it, new requests fail at once.
 FROZEN_REQUESTS_MAX = 10_000
 
-# Revisions (and bytes of values) in one catch-up reply; the joiner asks again for the rest.
 # A watch stream with nothing to send says how far it has covered at least this often, and only while
 # its replica holds a read lease: cut off, it would say "nothing new" while commits go on elsewhere.
 WATCH_PROGRESS_S = 1.0
@@ -112,6 +111,7 @@ WATCH_PROGRESS_S = 1.0
 # the client resumes it on another replica: the progress interval, a lease wait, and a margin.
 WATCH_SILENT_S = 3 * WATCH_PROGRESS_S
 
+# Revisions (and bytes of values) in one catch-up reply; the joiner asks again for the rest.
 FETCH_REVISIONS_MAX = 2000
 FETCH_BYTES_MAX = 8 * MIB
 # Keys in one page of a snapshot (what a joiner gets once the history it misses is compacted).
